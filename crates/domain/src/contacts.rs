@@ -1,0 +1,283 @@
+//! Contacts: the people a tenant keeps data about (data subjects).
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+
+use crate::companies::{company_exists, lower_like};
+use crate::entities::{contact, order};
+use crate::error::{DomainError, DomainResult};
+use crate::ids::{CompanyId, ContactId};
+use crate::pagination::{Page, PageRequest};
+use crate::tenancy::Tenant;
+use crate::values::{EmailAddress, Patch};
+use crate::{check_version, conflict_on_unique, db};
+
+#[derive(Clone, Debug)]
+pub struct Contact {
+    pub id: ContactId,
+    pub company_id: Option<CompanyId>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub job_title: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i32,
+}
+
+impl From<contact::Model> for Contact {
+    fn from(m: contact::Model) -> Self {
+        Contact {
+            id: ContactId::from_uuid(m.id),
+            company_id: m.company_id.map(CompanyId::from_uuid),
+            first_name: m.first_name,
+            last_name: m.last_name,
+            email: m.email,
+            phone: m.phone,
+            job_title: m.job_title,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            version: m.version,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct NewContact {
+    pub company_id: Option<CompanyId>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<EmailAddress>,
+    pub phone: Option<String>,
+    pub job_title: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ContactChanges {
+    pub company_id: Patch<CompanyId>,
+    pub first_name: Patch<String>,
+    pub last_name: Patch<String>,
+    pub email: Patch<EmailAddress>,
+    pub phone: Patch<String>,
+    pub job_title: Patch<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ContactFilter {
+    pub email: Option<EmailAddress>,
+    pub company_id: Option<CompanyId>,
+    /// Case-insensitive substring of first name, last name or e-mail.
+    pub q: Option<String>,
+    pub updated_since: Option<DateTime<Utc>>,
+}
+
+const EMAIL_TAKEN: &str = "a contact with this e-mail address exists already";
+
+fn identifiable(first: &Option<String>, last: &Option<String>, email: &Option<String>) -> DomainResult<()> {
+    if first.is_none() && last.is_none() && email.is_none() {
+        return Err(DomainError::invalid(
+            "",
+            "empty_contact",
+            "a contact needs at least one of first_name, last_name or email",
+        ));
+    }
+    Ok(())
+}
+
+async fn check_company(db: &impl ConnectionTrait, tenant: &Tenant, id: Option<CompanyId>) -> DomainResult<()> {
+    if let Some(id) = id
+        && !company_exists(db, tenant, id).await?
+    {
+        return Err(DomainError::invalid(
+            "/company_id",
+            "unknown_company",
+            "no company with this id exists",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn create_contact(
+    db: &DatabaseConnection,
+    tenant: &Tenant,
+    input: NewContact,
+    now: DateTime<Utc>,
+) -> DomainResult<Contact> {
+    let email = input.email.map(|e| e.as_str().to_owned());
+    identifiable(&input.first_name, &input.last_name, &email)?;
+    let txn = db::begin_write(db).await?;
+    check_company(&txn, tenant, input.company_id).await?;
+    let id = ContactId::new();
+    contact::Entity::insert(contact::ActiveModel {
+        id: Set(id.as_uuid()),
+        tenant_id: Set(tenant.id().as_uuid()),
+        company_id: Set(input.company_id.map(CompanyId::as_uuid)),
+        first_name: Set(input.first_name),
+        last_name: Set(input.last_name),
+        email: Set(email),
+        phone: Set(input.phone),
+        job_title: Set(input.job_title),
+        created_at: Set(now),
+        updated_at: Set(now),
+        version: Set(1),
+    })
+    .exec_without_returning(&txn)
+    .await
+    .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
+    let created = get_contact(&txn, tenant, id).await?;
+    txn.commit().await?;
+    Ok(created)
+}
+
+pub async fn get_contact(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    id: ContactId,
+) -> DomainResult<Contact> {
+    contact::Entity::find()
+        .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(contact::Column::Id.eq(id.as_uuid()))
+        .one(db)
+        .await?
+        .map(Contact::from)
+        .ok_or(DomainError::NotFound("contact"))
+}
+
+pub(crate) async fn contact_exists(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    id: ContactId,
+) -> DomainResult<bool> {
+    Ok(contact::Entity::find()
+        .select_only()
+        .column(contact::Column::Id)
+        .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(contact::Column::Id.eq(id.as_uuid()))
+        .into_tuple::<uuid::Uuid>()
+        .one(db)
+        .await?
+        .is_some())
+}
+
+pub async fn list_contacts(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    filter: ContactFilter,
+    page: PageRequest,
+) -> DomainResult<Page<Contact>> {
+    let mut q = contact::Entity::find()
+        .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
+        .order_by_asc(contact::Column::Id);
+    if let Some(after) = page.after {
+        q = q.filter(contact::Column::Id.gt(after));
+    }
+    if let Some(email) = &filter.email {
+        q = q.filter(contact::Column::Email.eq(email.as_str()));
+    }
+    if let Some(company) = filter.company_id {
+        q = q.filter(contact::Column::CompanyId.eq(company.as_uuid()));
+    }
+    if let Some(since) = filter.updated_since {
+        q = q.filter(contact::Column::UpdatedAt.gte(since));
+    }
+    if let Some(text) = filter.q.as_deref() {
+        q = q.filter(
+            sea_orm::Condition::any()
+                .add(lower_like((contact::Entity, contact::Column::FirstName), text))
+                .add(lower_like((contact::Entity, contact::Column::LastName), text))
+                .add(lower_like((contact::Entity, contact::Column::Email), text)),
+        );
+    }
+    let rows = q.limit(page.limit + 1).all(db).await?;
+    Ok(Page::from_rows(rows, page.limit, |r| r.id).map(Contact::from))
+}
+
+pub async fn update_contact(
+    db: &DatabaseConnection,
+    tenant: &Tenant,
+    id: ContactId,
+    changes: ContactChanges,
+    if_match: Option<i32>,
+    now: DateTime<Utc>,
+) -> DomainResult<Contact> {
+    let txn = db::begin_write(db).await?;
+    let current = get_contact(&txn, tenant, id).await?;
+    check_version(if_match, current.version)?;
+    if let Patch::Value(company) = &changes.company_id {
+        check_company(&txn, tenant, Some(*company)).await?;
+    }
+    let first_name = changes.first_name.apply_to(current.first_name);
+    let last_name = changes.last_name.apply_to(current.last_name);
+    let email = match changes.email {
+        Patch::Absent => current.email,
+        Patch::Null => None,
+        Patch::Value(e) => Some(e.as_str().to_owned()),
+    };
+    identifiable(&first_name, &last_name, &email)?;
+    let result = contact::Entity::update_many()
+        .set(contact::ActiveModel {
+            company_id: Set(changes
+                .company_id
+                .apply_to(current.company_id)
+                .map(CompanyId::as_uuid)),
+            first_name: Set(first_name),
+            last_name: Set(last_name),
+            email: Set(email),
+            phone: Set(changes.phone.apply_to(current.phone)),
+            job_title: Set(changes.job_title.apply_to(current.job_title)),
+            updated_at: Set(now),
+            version: Set(current.version + 1),
+            ..Default::default()
+        })
+        .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(contact::Column::Id.eq(id.as_uuid()))
+        .filter(contact::Column::Version.eq(current.version))
+        .exec(&txn)
+        .await
+        .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
+    if result.rows_affected != 1 {
+        return Err(DomainError::PreconditionFailed);
+    }
+    let updated = get_contact(&txn, tenant, id).await?;
+    txn.commit().await?;
+    Ok(updated)
+}
+
+/// Deletes a contact. Orders are business records and stay, without the link to the person.
+pub async fn delete_contact(
+    db: &DatabaseConnection,
+    tenant: &Tenant,
+    id: ContactId,
+    if_match: Option<i32>,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    let txn = db::begin_write(db).await?;
+    let current = get_contact(&txn, tenant, id).await?;
+    check_version(if_match, current.version)?;
+    let tid = tenant.id().as_uuid();
+    order::Entity::update_many()
+        .col_expr(order::Column::ContactId, Expr::value(Option::<uuid::Uuid>::None))
+        .col_expr(order::Column::UpdatedAt, Expr::value(now))
+        .col_expr(order::Column::Version, Expr::col(order::Column::Version).add(1))
+        .filter(order::Column::TenantId.eq(tid))
+        .filter(order::Column::ContactId.eq(id.as_uuid()))
+        .exec(&txn)
+        .await?;
+    let deleted = contact::Entity::delete_many()
+        .filter(contact::Column::TenantId.eq(tid))
+        .filter(contact::Column::Id.eq(id.as_uuid()))
+        .filter(contact::Column::Version.eq(current.version))
+        .exec(&txn)
+        .await?;
+    if deleted.rows_affected != 1 {
+        return Err(DomainError::PreconditionFailed);
+    }
+    txn.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Domain of the GDPR-first CRM: tenants, identity, companies, contacts and orders.
+//!
+//! No HTTP here. Entities are private; every public function that touches tenant data takes
+//! the caller's [`Tenant`], so another tenant's row is simply not found.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod companies;
+pub mod contacts;
+pub mod db;
+mod entities;
+pub mod error;
+pub mod ids;
+pub mod orders;
+pub mod pagination;
+pub mod passwords;
+pub mod sessions;
+pub mod tenancy;
+pub mod tenants;
+pub mod users;
+pub mod values;
+
+pub use error::{DomainError, DomainResult, FieldError, InvalidValue};
+pub use tenancy::{Principal, Tenant, TenantKind};
+
+/// Maps a unique-key violation to a 409 with the given code; other errors pass through.
+pub(crate) fn conflict_on_unique(
+    err: sea_orm::DbErr,
+    code: &'static str,
+    detail: &str,
+) -> DomainError {
+    match err.sql_err() {
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => DomainError::Conflict {
+            code,
+            detail: detail.to_owned(),
+        },
+        _ => DomainError::Database(err),
+    }
+}
+
+/// Checks an `If-Match` version against the stored one.
+pub(crate) fn check_version(expected: Option<i32>, actual: i32) -> DomainResult<()> {
+    match expected {
+        Some(v) if v != actual => Err(DomainError::PreconditionFailed),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,417 @@
+//! Sign-in, sessions and refresh tokens.
+//!
+//! A session is one sign-in; its refresh tokens form a family. Each refresh spends the token
+//! and issues the next one; presenting a spent token means it was stolen or replayed, so the
+//! whole family (the session) is revoked. Access tokens name their session, and every request
+//! checks it, so logout and deactivation take effect at once.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use rand::rngs::OsRng;
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sha2::{Digest, Sha256};
+
+use crate::entities::{auth_throttle, password_credential, refresh_token, session, tenant, user};
+use crate::error::{DomainError, DomainResult};
+use crate::ids::{SessionId, TenantId, UserId};
+use crate::passwords::{Password, dummy_verify, verify_password};
+use crate::tenancy::{Principal, Tenant, TenantKind};
+use crate::values::Role;
+use crate::db;
+
+/// Throttling of failed sign-ins. After `free_failures` failures within `window` a key is
+/// locked, for `base_lock` doubled with each further failure, at most `max_lock`.
+#[derive(Clone, Debug)]
+pub struct ThrottlePolicy {
+    pub account_free_failures: i32,
+    pub address_free_failures: i32,
+    pub window: Duration,
+    pub base_lock: Duration,
+    pub max_lock: Duration,
+}
+
+impl Default for ThrottlePolicy {
+    fn default() -> Self {
+        ThrottlePolicy {
+            account_free_failures: 5,
+            address_free_failures: 20,
+            window: Duration::minutes(15),
+            base_lock: Duration::seconds(30),
+            max_lock: Duration::minutes(15),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionPolicy {
+    /// Absolute lifetime of a sign-in; refreshing does not extend it.
+    pub session_ttl: Duration,
+    pub throttle: ThrottlePolicy,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        SessionPolicy {
+            session_ttl: Duration::days(30),
+            throttle: ThrottlePolicy::default(),
+        }
+    }
+}
+
+pub struct LoginAttempt<'a> {
+    pub tenant_slug: &'a str,
+    /// As typed; normalised here so throttling cannot be dodged by changing case.
+    pub email: &'a str,
+    pub password: Password,
+    /// The client's address, for per-address throttling.
+    pub client_addr: &'a str,
+}
+
+/// A session that was just started or refreshed. The refresh token is shown to the client
+/// once and stored only as a hash.
+pub struct IssuedSession {
+    pub principal: Principal,
+    pub auth_time: DateTime<Utc>,
+    pub amr: Vec<String>,
+    pub refresh_token: String,
+    pub session_expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for IssuedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedSession")
+            .field("principal", &self.principal)
+            .field("refresh_token", &"***")
+            .finish()
+    }
+}
+
+fn sha256_hex(input: &str) -> String {
+    let digest = Sha256::digest(input.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn new_refresh_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    format!("rt_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn account_key(tenant_slug: &str, email: &str) -> String {
+    sha256_hex(&format!(
+        "account:{}:{}",
+        tenant_slug.trim().to_lowercase(),
+        email.trim().to_lowercase()
+    ))
+}
+
+fn address_key(addr: &str) -> String {
+    sha256_hex(&format!("address:{addr}"))
+}
+
+/// Seconds until the key is unlocked, if it is locked.
+async fn locked_for(
+    db: &impl ConnectionTrait,
+    key: &str,
+    now: DateTime<Utc>,
+) -> DomainResult<Option<u64>> {
+    let row = auth_throttle::Entity::find_by_id(key.to_owned()).one(db).await?;
+    Ok(row
+        .and_then(|r| r.locked_until)
+        .filter(|until| *until > now)
+        .map(|until| (until - now).num_seconds().max(1) as u64))
+}
+
+async fn record_failure(
+    db: &DatabaseConnection,
+    key: String,
+    free: i32,
+    policy: &ThrottlePolicy,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    let txn = db::begin_write(db).await?;
+    let row = auth_throttle::Entity::find_by_id(key.clone()).one(&txn).await?;
+    let (failures, window_started_at) = match &row {
+        Some(r) if now - r.window_started_at < policy.window => (r.failures + 1, r.window_started_at),
+        _ => (1, now),
+    };
+    let locked_until = (failures > free).then(|| {
+        let doublings = (failures - free - 1).min(16) as u32;
+        let lock = policy.base_lock * 2i32.pow(doublings);
+        now + lock.min(policy.max_lock)
+    });
+    let model = auth_throttle::ActiveModel {
+        key: Set(key),
+        failures: Set(failures),
+        window_started_at: Set(window_started_at),
+        locked_until: Set(locked_until),
+    };
+    let write = if row.is_some() {
+        auth_throttle::Entity::update(model).exec(&txn).await.map(|_| ())
+    } else {
+        auth_throttle::Entity::insert(model).exec_without_returning(&txn).await.map(|_| ())
+    };
+    match write {
+        Ok(()) => txn.commit().await?,
+        // A concurrent failure created the row first: that one counted.
+        Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Signs a user in with a password. Unknown tenants, unknown users, deactivated users and wrong
+/// passwords all give the same answer after the same work.
+pub async fn login(
+    db: &DatabaseConnection,
+    attempt: LoginAttempt<'_>,
+    policy: &SessionPolicy,
+    now: DateTime<Utc>,
+) -> DomainResult<IssuedSession> {
+    let account = account_key(attempt.tenant_slug, attempt.email);
+    let address = address_key(attempt.client_addr);
+    for key in [&account, &address] {
+        if let Some(secs) = locked_for(db, key, now).await? {
+            return Err(DomainError::Throttled { retry_after_secs: secs });
+        }
+    }
+
+    let email = attempt.email.trim().to_lowercase();
+    let found = match tenant::Entity::find()
+        .filter(tenant::Column::Slug.eq(attempt.tenant_slug.trim()))
+        .filter(tenant::Column::Active.eq(true))
+        .one(db)
+        .await?
+    {
+        Some(t) => user::Entity::find()
+            .filter(user::Column::TenantId.eq(t.id))
+            .filter(user::Column::Email.eq(email))
+            .filter(user::Column::Active.eq(true))
+            .one(db)
+            .await?
+            .map(|u| (t, u)),
+        None => None,
+    };
+    let credential = match &found {
+        Some((_, u)) => password_credential::Entity::find()
+            .filter(password_credential::Column::TenantId.eq(u.tenant_id))
+            .filter(password_credential::Column::UserId.eq(u.id))
+            .one(db)
+            .await?,
+        None => None,
+    };
+
+    let verified = match (&found, &credential) {
+        (Some(_), Some(cred)) => verify_password(&attempt.password, &cred.hash),
+        _ => {
+            dummy_verify(&attempt.password);
+            false
+        }
+    };
+    let (tenant_row, user_row) = match (verified, found) {
+        (true, Some(found)) => found,
+        _ => {
+            let t = &policy.throttle;
+            record_failure(db, account, t.account_free_failures, t, now).await?;
+            record_failure(db, address, t.address_free_failures, t, now).await?;
+            return Err(DomainError::Unauthenticated("invalid_credentials"));
+        }
+    };
+
+    let txn = db::begin_write(db).await?;
+    auth_throttle::Entity::delete_by_id(account).exec(&txn).await?;
+    let tenant_id = TenantId::from_uuid(tenant_row.id);
+    let user_id = UserId::from_uuid(user_row.id);
+    let session_id = SessionId::new();
+    let expires_at = now + policy.session_ttl;
+    let amr = vec!["pwd".to_owned()];
+    session::Entity::insert(session::ActiveModel {
+        id: Set(session_id.as_uuid()),
+        tenant_id: Set(tenant_id.as_uuid()),
+        user_id: Set(user_id.as_uuid()),
+        amr: Set(amr.join(" ")),
+        auth_time: Set(now),
+        created_at: Set(now),
+        expires_at: Set(expires_at),
+        revoked_at: Set(None),
+        revoke_reason: Set(None),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+    let refresh = issue_refresh_token(&txn, tenant_id, session_id, expires_at, now).await?;
+    txn.commit().await?;
+
+    let role = Role::parse(&user_row.role)
+        .map_err(|_| DomainError::Internal("unknown role in database".into()))?;
+    Ok(IssuedSession {
+        principal: Principal {
+            tenant: Tenant::scoped(tenant_id),
+            tenant_kind: TenantKind::from_db(&tenant_row.kind),
+            user_id,
+            session_id,
+            role,
+        },
+        auth_time: now,
+        amr,
+        refresh_token: refresh,
+        session_expires_at: expires_at,
+    })
+}
+
+async fn issue_refresh_token(
+    db: &impl ConnectionTrait,
+    tenant_id: TenantId,
+    session_id: SessionId,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> DomainResult<String> {
+    let token = new_refresh_token();
+    refresh_token::Entity::insert(refresh_token::ActiveModel {
+        id: Set(uuid::Uuid::now_v7()),
+        tenant_id: Set(tenant_id.as_uuid()),
+        session_id: Set(session_id.as_uuid()),
+        token_hash: Set(sha256_hex(&token)),
+        created_at: Set(now),
+        expires_at: Set(expires_at),
+        used_at: Set(None),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(token)
+}
+
+async fn revoke_session(
+    db: &impl ConnectionTrait,
+    tenant_id: uuid::Uuid,
+    session_id: uuid::Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(now))
+        .col_expr(session::Column::RevokeReason, Expr::value(reason))
+        .filter(session::Column::TenantId.eq(tenant_id))
+        .filter(session::Column::Id.eq(session_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Spends a refresh token and issues the next one of its family. A spent token revokes the
+/// family; an expired or revoked session, a deactivated user or tenant is refused.
+pub async fn refresh(
+    db: &DatabaseConnection,
+    presented: &str,
+    now: DateTime<Utc>,
+) -> DomainResult<IssuedSession> {
+    let txn = db::begin_write(db).await?;
+    let token = refresh_token::Entity::find()
+        .filter(refresh_token::Column::TokenHash.eq(sha256_hex(presented)))
+        .one(&txn)
+        .await?
+        .ok_or(DomainError::Unauthenticated("invalid_refresh_token"))?;
+    if token.used_at.is_some() {
+        revoke_session(&txn, token.tenant_id, token.session_id, "refresh_token_reuse", now).await?;
+        txn.commit().await?;
+        return Err(DomainError::Unauthenticated("refresh_token_reused"));
+    }
+    if token.expires_at <= now {
+        return Err(DomainError::Unauthenticated("invalid_refresh_token"));
+    }
+    let spent = refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
+        .filter(refresh_token::Column::Id.eq(token.id))
+        .filter(refresh_token::Column::UsedAt.is_null())
+        .exec(&txn)
+        .await?;
+    if spent.rows_affected != 1 {
+        // Spent concurrently by another request with the same token: a replay.
+        revoke_session(&txn, token.tenant_id, token.session_id, "refresh_token_reuse", now).await?;
+        txn.commit().await?;
+        return Err(DomainError::Unauthenticated("refresh_token_reused"));
+    }
+    let session_id = SessionId::from_uuid(token.session_id);
+    let tenant_id = TenantId::from_uuid(token.tenant_id);
+    let (session_row, principal) = load_principal(&txn, tenant_id, session_id, now).await?;
+    let next = issue_refresh_token(&txn, tenant_id, session_id, session_row.expires_at, now).await?;
+    txn.commit().await?;
+    Ok(IssuedSession {
+        principal,
+        auth_time: session_row.auth_time,
+        amr: session_row.amr.split(' ').map(str::to_owned).collect(),
+        refresh_token: next,
+        session_expires_at: session_row.expires_at,
+    })
+}
+
+/// Ends a session at once: its access tokens are refused on the next request.
+pub async fn logout(db: &DatabaseConnection, principal: &Principal, now: DateTime<Utc>) -> DomainResult<()> {
+    revoke_session(
+        db,
+        principal.tenant.id().as_uuid(),
+        principal.session_id.as_uuid(),
+        "logout",
+        now,
+    )
+    .await
+}
+
+async fn load_principal(
+    db: &impl ConnectionTrait,
+    tenant_id: TenantId,
+    session_id: SessionId,
+    now: DateTime<Utc>,
+) -> DomainResult<(session::Model, Principal)> {
+    let ended = DomainError::Unauthenticated("session_ended");
+    let s = session::Entity::find()
+        .filter(session::Column::TenantId.eq(tenant_id.as_uuid()))
+        .filter(session::Column::Id.eq(session_id.as_uuid()))
+        .one(db)
+        .await?
+        .ok_or(DomainError::Unauthenticated("session_ended"))?;
+    if s.revoked_at.is_some() || s.expires_at <= now {
+        return Err(ended);
+    }
+    let u = user::Entity::find()
+        .filter(user::Column::TenantId.eq(tenant_id.as_uuid()))
+        .filter(user::Column::Id.eq(s.user_id))
+        .filter(user::Column::Active.eq(true))
+        .one(db)
+        .await?
+        .ok_or(DomainError::Unauthenticated("session_ended"))?;
+    let t = tenant::Entity::find_by_id(tenant_id.as_uuid())
+        .filter(tenant::Column::Active.eq(true))
+        .one(db)
+        .await?
+        .ok_or(DomainError::Unauthenticated("session_ended"))?;
+    let role = Role::parse(&u.role).map_err(|_| DomainError::Internal("unknown role in database".into()))?;
+    let principal = Principal {
+        tenant: Tenant::scoped(tenant_id),
+        tenant_kind: TenantKind::from_db(&t.kind),
+        user_id: UserId::from_uuid(u.id),
+        session_id,
+        role,
+    };
+    Ok((s, principal))
+}
+
+/// Checks, for every request, that the session named by a verified access token is still
+/// live and its user and tenant still active. Returns the caller with its current role.
+pub async fn authenticate(
+    db: &impl ConnectionTrait,
+    tenant_id: TenantId,
+    user_id: UserId,
+    session_id: SessionId,
+    now: DateTime<Utc>,
+) -> DomainResult<Principal> {
+    let (_, principal) = load_principal(db, tenant_id, session_id, now).await?;
+    if principal.user_id != user_id {
+        return Err(DomainError::Unauthenticated("session_ended"));
+    }
+    Ok(principal)
+}

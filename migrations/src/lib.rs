@@ -1,0 +1,17 @@
+//! Database migrations of the CRM. Append-only: a released migration is never edited, a change
+//! is a new migration. Migrations never import entities, so they describe the schema as it was.
+
+#![forbid(unsafe_code)]
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261130_000001_foundation;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261130_000001_foundation::Migration)]
+    }
+}
