@@ -1,1 +1,165 @@
-fn main() {}
+//! `crm`: the service binary. Parses arguments and calls the library; nothing else.
+
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use crm_api::config::Settings;
+use crm_api::startup::{Application, open_database, random_password};
+use crm_domain::clock::{Clock, SystemClock};
+use crm_domain::passwords::Password;
+use crm_domain::values::EmailAddress;
+
+const USAGE: &str = "\
+usage: crm <command>
+
+commands:
+  serve                         run the API (default); migrations are applied at start
+  migrate                       apply pending database migrations and exit
+  openapi [--out FILE]          print the OpenAPI document (or write it to FILE)
+  openapi --check FILE          fail when FILE differs from the document the code generates
+  bootstrap --email EMAIL [--password-stdin]
+                                create the first platform admin; prints a generated
+                                password once unless one is read from standard input
+  help                          this text
+
+configuration comes from CRM_* environment variables (see README.md)";
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("CRM_LOG", "info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let command = args.first().map(String::as_str).unwrap_or("serve");
+    let rest = &args[args.len().min(1)..];
+    match command {
+        "serve" => serve(),
+        "migrate" => migrate(),
+        "openapi" => openapi(rest),
+        "bootstrap" => bootstrap(rest),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+use actix_web::rt as actix_rt;
+
+fn serve() -> anyhow::Result<()> {
+    init_logging();
+    let settings = Settings::from_env()?;
+    let addr = settings.listen_addr.clone();
+    actix_rt::System::new().block_on(async move {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mut app = Application::build(settings, clock).await?;
+        if let Some(creds) = app.take_first_run_credentials() {
+            // Printed once to the terminal, never logged or stored.
+            println!();
+            println!("  First start: a platform admin was created. Its password is shown only now.");
+            println!("    tenant:   platform");
+            println!("    email:    {}", creds.email);
+            println!("    password: {}", creds.password);
+            println!();
+        }
+        log::info!("listening on http://{} (docs at /docs, spec at /openapi.json)", display_addr(&addr, app.port()));
+        app.run_until_stopped().await.context("server")
+    })
+}
+
+fn display_addr(configured: &str, port: u16) -> String {
+    match configured.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:{port}"),
+        None => configured.to_owned(),
+    }
+}
+
+fn migrate() -> anyhow::Result<()> {
+    init_logging();
+    let settings = Settings::from_env()?;
+    runtime()?.block_on(async move {
+        open_database(&settings).await?;
+        log::info!("migrations applied");
+        Ok(())
+    })
+}
+
+fn openapi(args: &[String]) -> anyhow::Result<()> {
+    let spec = serde_json::to_string_pretty(&crm_api::openapi_spec())? + "\n";
+    match args {
+        [] => {
+            print!("{spec}");
+            Ok(())
+        }
+        [flag, file] if flag == "--out" => {
+            std::fs::write(file, spec).with_context(|| format!("writing {file}"))?;
+            Ok(())
+        }
+        [flag, file] if flag == "--check" => {
+            let committed = std::fs::read_to_string(PathBuf::from(file)).with_context(|| format!("reading {file}"))?;
+            if committed == spec {
+                println!("{file} matches the code");
+                Ok(())
+            } else {
+                bail!("{file} differs from the spec the code generates; run `make openapi` and commit it")
+            }
+        }
+        _ => bail!("usage: crm openapi [--out FILE | --check FILE]"),
+    }
+}
+
+fn bootstrap(args: &[String]) -> anyhow::Result<()> {
+    init_logging();
+    let (email, from_stdin) = match args {
+        [flag, email] if flag == "--email" => (email.clone(), false),
+        [flag, email, stdin] if flag == "--email" && stdin == "--password-stdin" => (email.clone(), true),
+        _ => bail!("usage: crm bootstrap --email EMAIL [--password-stdin]"),
+    };
+    let email = EmailAddress::parse(&email).map_err(|e| anyhow::anyhow!("--email {}", e.detail))?;
+    let (password, generated) = if from_stdin {
+        let mut raw = String::new();
+        std::io::stdin().read_to_string(&mut raw)?;
+        (raw.trim_end_matches(['\n', '\r']).to_owned(), false)
+    } else {
+        (random_password(), true)
+    };
+    let password = Password::parse(&password, &[email.as_str()]).map_err(|e| anyhow::anyhow!("password {}", e.detail))?;
+    let settings = Settings::from_env()?;
+    runtime()?.block_on(async move {
+        let db = open_database(&settings).await?;
+        crm_domain::tenants::bootstrap_platform(&db, &email, &password, SystemClock.now())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("platform admin {email} created in tenant `platform`");
+        if generated {
+            println!("password (shown once): {}", password.expose());
+        }
+        Ok(())
+    })
+}

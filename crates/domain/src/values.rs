@@ -336,6 +336,14 @@ impl<T> Patch<T> {
         }
     }
 
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Patch<U> {
+        match self {
+            Patch::Absent => Patch::Absent,
+            Patch::Null => Patch::Null,
+            Patch::Value(v) => Patch::Value(f(v)),
+        }
+    }
+
     pub fn is_absent(&self) -> bool {
         matches!(self, Patch::Absent)
     }

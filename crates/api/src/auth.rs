@@ -1,0 +1,209 @@
+//! Access tokens and the extractors that authenticate and authorise every request.
+//!
+//! An access token is an EdDSA-signed JWT (`typ: at+jwt`, ≤ 15 minutes, `kid` in the header).
+//! Verifying the signature is not enough: each request also checks that the token's session
+//! is live and its user and tenant active, so logout and deactivation take effect at once.
+//! Authorisation lives in the extractor types: a handler that takes `CrmWriter` cannot run
+//! for a viewer.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use crm_domain::ids::{SessionId, TenantId, UserId};
+use crm_domain::sessions::{self, IssuedSession};
+use crm_domain::values::Role;
+use crm_domain::{Principal, TenantKind};
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+pub const TOKEN_TYPE: &str = "at+jwt";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    /// Tenant id.
+    pub tid: String,
+    /// Session id.
+    pub sid: String,
+    pub roles: Vec<String>,
+    /// Authentication methods (RFC 8176), e.g. `pwd`.
+    pub amr: Vec<String>,
+    pub auth_time: i64,
+}
+
+/// Signs an access token for a session that was just started or refreshed.
+pub fn issue_access_token(state: &AppState, session: &IssuedSession) -> Result<(String, i64), ApiError> {
+    let now = state.clock.now();
+    let ttl = state.settings.access_token_ttl;
+    let p = &session.principal;
+    let claims = AccessClaims {
+        iss: state.settings.issuer.clone(),
+        sub: p.user_id.to_string(),
+        aud: state.settings.audience.clone(),
+        exp: (now + ttl).timestamp(),
+        iat: now.timestamp(),
+        nbf: now.timestamp(),
+        jti: Uuid::now_v7().to_string(),
+        tid: p.tenant.id().to_string(),
+        sid: p.session_id.to_string(),
+        roles: vec![p.role.as_str().to_owned()],
+        amr: session.amr.clone(),
+        auth_time: session.auth_time.timestamp(),
+    };
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some(TOKEN_TYPE.into());
+    header.kid = Some(state.keys.current.kid.clone());
+    let token = jsonwebtoken::encode(&header, &claims, &state.keys.current.encoding)
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing access token")))?;
+    Ok((token, ttl.num_seconds()))
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::Unauthenticated {
+        code: "invalid_token",
+        detail: "the access token is malformed, expired, or not issued by this service",
+    }
+}
+
+/// Verifies signature, `typ`, `alg`, `kid`, `iss`, `aud`, `exp`, `nbf` and the claim shapes.
+pub fn verify_access_token(state: &AppState, token: &str) -> Result<(TenantId, UserId, SessionId), ApiError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid_token())?;
+    let typ_ok = header
+        .typ
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt"));
+    if !typ_ok || header.alg != Algorithm::EdDSA {
+        return Err(invalid_token());
+    }
+    let key = header
+        .kid
+        .as_deref()
+        .and_then(|kid| state.keys.decoding_key(kid))
+        .ok_or_else(invalid_token)?;
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_issuer(&[&state.settings.issuer]);
+    validation.set_audience(&[&state.settings.audience]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    validation.leeway = 5;
+    let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation).map_err(|_| invalid_token())?;
+    let c = data.claims;
+    let parse = |s: &str| Uuid::parse_str(s).map_err(|_| invalid_token());
+    Ok((
+        TenantId::from_uuid(parse(&c.tid)?),
+        UserId::from_uuid(parse(&c.sub)?),
+        SessionId::from_uuid(parse(&c.sid)?),
+    ))
+}
+
+fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+    let missing = ApiError::Unauthenticated {
+        code: "unauthenticated",
+        detail: "this operation needs an access token: Authorization: Bearer <token>",
+    };
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(missing)?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(invalid_token)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(invalid_token());
+    }
+    Ok(token.trim().to_owned())
+}
+
+async fn authenticate(req: HttpRequest) -> Result<Principal, ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))?;
+    let token = bearer(&req)?;
+    let (tid, uid, sid) = verify_access_token(&state, &token)?;
+    let now = state.clock.now();
+    Ok(sessions::authenticate(&state.db, tid, uid, sid, now).await?)
+}
+
+macro_rules! caller_type {
+    ($(#[$meta:meta])* $name:ident, $allowed:expr, $denied:literal) => {
+        $(#[$meta])*
+        pub struct $name(pub Principal);
+
+        impl FromRequest for $name {
+            type Error = ApiError;
+            type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+            fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+                let req = req.clone();
+                Box::pin(async move {
+                    let principal = authenticate(req).await?;
+                    let allowed: fn(&Principal) -> bool = $allowed;
+                    if allowed(&principal) {
+                        Ok($name(principal))
+                    } else {
+                        Err(ApiError::forbidden($denied))
+                    }
+                })
+            }
+        }
+    };
+}
+
+caller_type!(
+    /// Any signed-in user.
+    Caller,
+    |_| true,
+    "not allowed"
+);
+caller_type!(
+    /// May read CRM records: tenant admin, dpo, member, viewer.
+    CrmReader,
+    |p| p.tenant_kind == TenantKind::Customer && p.role.can_read_crm(),
+    "reading CRM records needs a tenant role"
+);
+caller_type!(
+    /// May write CRM records: tenant admin, dpo, member.
+    CrmWriter,
+    |p| p.tenant_kind == TenantKind::Customer && p.role.can_write_crm(),
+    "changing CRM records needs the admin, dpo or member role"
+);
+caller_type!(
+    /// A tenant admin.
+    TenantAdmin,
+    |p| p.tenant_kind == TenantKind::Customer && p.role == Role::Admin,
+    "managing users needs the admin role"
+);
+caller_type!(
+    /// A platform admin (the processor's staff).
+    PlatformAdmin,
+    |p| p.tenant_kind == TenantKind::Platform && p.role == Role::PlatformAdmin,
+    "managing tenants needs the platform_admin role"
+);
+
+/// The client's address, for throttling: the peer, or the first `X-Forwarded-For` hop when
+/// the service runs behind a trusted proxy.
+pub fn client_addr(req: &HttpRequest, trust_forwarded_for: bool) -> String {
+    if trust_forwarded_for
+        && let Some(first) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+    {
+        return first.trim().to_owned();
+    }
+    req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into())
+}

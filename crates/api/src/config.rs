@@ -1,0 +1,194 @@
+//! Configuration: read once from `CRM_*` environment variables, validated, secrets wrapped.
+//! Nothing else in the service reads the environment.
+
+use std::path::PathBuf;
+
+use chrono::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub environment: Environment,
+    /// `sqlite://…` (default `sqlite://var/crm.db?mode=rwc`) or `postgres://…`.
+    pub database_url: String,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen_addr: String,
+    /// Directory of Ed25519 signing keys (PKCS#8 PEM files, `<kid>.pem`).
+    pub key_dir: PathBuf,
+    /// `iss` of issued tokens: the public base URL of the service.
+    pub issuer: String,
+    /// `aud` of issued access tokens.
+    pub audience: String,
+    pub access_token_ttl: Duration,
+    pub session_ttl: Duration,
+    /// E-mail of the platform admin created on a first start with an empty database.
+    pub bootstrap_email: String,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// HTTP worker threads.
+    pub workers: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://var/crm.db?mode=rwc";
+
+impl Settings {
+    /// Development defaults: SQLite under `./var/`, `127.0.0.1:8080`, keys in `./var/keys`.
+    pub fn development() -> Self {
+        Settings {
+            environment: Environment::Development,
+            database_url: DEFAULT_DATABASE_URL.into(),
+            listen_addr: "127.0.0.1:8080".into(),
+            key_dir: PathBuf::from("var/keys"),
+            issuer: "http://127.0.0.1:8080".into(),
+            audience: "crm-api".into(),
+            access_token_ttl: Duration::minutes(15),
+            session_ttl: Duration::days(30),
+            bootstrap_email: "admin@example.com".into(),
+            max_body_bytes: 1024 * 1024,
+            trust_forwarded_for: false,
+            workers: 2,
+        }
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment in production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut s = Settings::development();
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let int = |name: &str, min: i64, max: i64| -> Result<Option<i64>, ConfigError> {
+            match get(name) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<i64>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                    _ => Err(ConfigError(format!("{name} must be an integer from {min} to {max}"))),
+                },
+            }
+        };
+        match get("CRM_ENV").as_deref() {
+            None | Some("development") => {}
+            Some("production") => s.environment = Environment::Production,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "CRM_ENV must be development or production, not {other:?}"
+                )));
+            }
+        }
+        let database_url = get("CRM_DATABASE_URL");
+        if let Some(url) = &database_url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError("CRM_DATABASE_URL must start with sqlite:, postgres:// or postgresql://".into()));
+            }
+            s.database_url = url.clone();
+        }
+        if let Some(v) = get("CRM_LISTEN_ADDR") {
+            s.listen_addr = v;
+        }
+        let key_dir = get("CRM_KEY_DIR");
+        if let Some(v) = &key_dir {
+            s.key_dir = PathBuf::from(v);
+        }
+        let issuer = get("CRM_PUBLIC_URL");
+        if let Some(v) = &issuer {
+            s.issuer = v.trim_end_matches('/').to_owned();
+        } else if let Some(addr) = get("CRM_LISTEN_ADDR") {
+            s.issuer = format!("http://{addr}");
+        }
+        if let Some(v) = get("CRM_JWT_AUDIENCE") {
+            s.audience = v;
+        }
+        if let Some(n) = int("CRM_ACCESS_TOKEN_TTL_SECS", 30, 900)? {
+            s.access_token_ttl = Duration::seconds(n);
+        }
+        if let Some(n) = int("CRM_SESSION_TTL_HOURS", 1, 24 * 90)? {
+            s.session_ttl = Duration::hours(n);
+        }
+        if let Some(v) = get("CRM_BOOTSTRAP_EMAIL") {
+            s.bootstrap_email = v;
+        }
+        if let Some(n) = int("CRM_MAX_BODY_BYTES", 1024, 64 * 1024 * 1024)? {
+            s.max_body_bytes = n as usize;
+        }
+        if let Some(v) = get("CRM_TRUST_FORWARDED_FOR") {
+            s.trust_forwarded_for = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(n) = int("CRM_WORKERS", 1, 256)? {
+            s.workers = n as usize;
+        }
+        if s.environment == Environment::Production {
+            if database_url.is_none() || s.database_url.starts_with("sqlite:") {
+                return Err(ConfigError(
+                    "production needs CRM_DATABASE_URL set to a PostgreSQL database".into(),
+                ));
+            }
+            if key_dir.is_none() {
+                return Err(ConfigError("production needs CRM_KEY_DIR with signing keys".into()));
+            }
+            if issuer.is_none() {
+                return Err(ConfigError("production needs CRM_PUBLIC_URL".into()));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Development generates missing signing keys; production refuses to.
+    pub fn may_generate_keys(&self) -> bool {
+        self.environment == Environment::Development
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_serve_a_newcomer() -> Result<(), ConfigError> {
+        let s = from(&[])?;
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.listen_addr, "127.0.0.1:8080");
+        assert!(s.may_generate_keys());
+        Ok(())
+    }
+
+    #[test]
+    fn production_refuses_defaults() {
+        assert!(from(&[("CRM_ENV", "production")]).is_err());
+        assert!(from(&[("CRM_ENV", "production"), ("CRM_DATABASE_URL", "sqlite://x.db")]).is_err());
+        assert!(
+            from(&[
+                ("CRM_ENV", "production"),
+                ("CRM_DATABASE_URL", "postgres://db/crm"),
+                ("CRM_KEY_DIR", "/etc/crm/keys"),
+                ("CRM_PUBLIC_URL", "https://crm.example.com"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        assert!(from(&[("CRM_ACCESS_TOKEN_TTL_SECS", "3600")]).is_err());
+        assert!(from(&[("CRM_ENV", "staging")]).is_err());
+        assert!(from(&[("CRM_DATABASE_URL", "mysql://x")]).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Ed25519 signing keys for access tokens and the JWKS that publishes them.
+//!
+//! Keys are PKCS#8 PEM files `<kid>.pem` in the key directory (`openssl genpkey -algorithm
+//! ed25519` makes one). The newest file by name signs; all are published and verify, so a
+//! rotated-out key's tokens stay valid until they expire. In development a missing key is
+//! generated on first start.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use rand::RngCore;
+use rand::rngs::OsRng;
+use serde_json::{Value, json};
+
+/// DER prefix of a PKCS#8 v1 Ed25519 private key; the 32-byte seed follows.
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+pub struct SigningKey {
+    pub kid: String,
+    pub encoding: EncodingKey,
+}
+
+pub struct KeyStore {
+    pub current: SigningKey,
+    verifying: HashMap<String, DecodingKey>,
+    jwks: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key directory {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("key file {0} is not a PKCS#8 Ed25519 private key in PEM form")]
+    Format(String),
+    #[error("no signing key in {0}; create one with `openssl genpkey -algorithm ed25519 -out {0}/<kid>.pem`")]
+    Missing(String),
+}
+
+fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    STANDARD.decode(body).ok()
+}
+
+fn seed_of(der: &[u8]) -> Option<[u8; 32]> {
+    if der.len() == 48 && der[..16] == PKCS8_ED25519_PREFIX {
+        der[16..].try_into().ok()
+    } else {
+        None
+    }
+}
+
+fn der_of(seed: &[u8; 32]) -> Vec<u8> {
+    let mut der = PKCS8_ED25519_PREFIX.to_vec();
+    der.extend_from_slice(seed);
+    der
+}
+
+/// Writes a new key into `dir` and returns its kid.
+pub fn generate_key(dir: &Path) -> Result<String, KeyError> {
+    let display = dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(|e| KeyError::Io(display.clone(), e))?;
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let kid = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S%6f"));
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        STANDARD.encode(der_of(&seed))
+    );
+    let path = dir.join(format!("{kid}.pem"));
+    write_private(&path, pem.as_bytes()).map_err(|e| KeyError::Io(display, e))?;
+    Ok(kid)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+impl KeyStore {
+    /// Loads every key in `dir`; generates one first when the directory holds none and
+    /// `generate` is allowed.
+    pub fn load(dir: &Path, generate: bool) -> Result<KeyStore, KeyError> {
+        let display = dir.display().to_string();
+        let mut names = list_keys(dir)?;
+        if names.is_empty() {
+            if !generate {
+                return Err(KeyError::Missing(display));
+            }
+            let kid = generate_key(dir)?;
+            log::warn!(
+                "generated a development signing key {kid} in {display}; production needs CRM_KEY_DIR with its own keys"
+            );
+            names = list_keys(dir)?;
+        }
+        names.sort();
+        let mut verifying = HashMap::new();
+        let mut jwks_keys = Vec::new();
+        let mut current = None;
+        for kid in &names {
+            let path = dir.join(format!("{kid}.pem"));
+            let pem = std::fs::read_to_string(&path).map_err(|e| KeyError::Io(display.clone(), e))?;
+            let der = pem_to_der(&pem).ok_or_else(|| KeyError::Format(path.display().to_string()))?;
+            let seed = seed_of(&der).ok_or_else(|| KeyError::Format(path.display().to_string()))?;
+            let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+            let x = URL_SAFE_NO_PAD.encode(public);
+            let decoding =
+                DecodingKey::from_ed_components(&x).map_err(|_| KeyError::Format(path.display().to_string()))?;
+            verifying.insert(kid.clone(), decoding);
+            jwks_keys.push(json!({
+                "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig", "alg": "EdDSA"
+            }));
+            current = Some(SigningKey {
+                kid: kid.clone(),
+                encoding: EncodingKey::from_ed_der(&der),
+            });
+        }
+        let current = current.ok_or(KeyError::Missing(display))?;
+        Ok(KeyStore {
+            current,
+            verifying,
+            jwks: json!({ "keys": jwks_keys }),
+        })
+    }
+
+    pub fn decoding_key(&self, kid: &str) -> Option<&DecodingKey> {
+        self.verifying.get(kid)
+    }
+
+    pub fn jwks(&self) -> &Value {
+        &self.jwks
+    }
+}
+
+fn list_keys(dir: &Path) -> Result<Vec<String>, KeyError> {
+    let display = dir.display().to_string();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(KeyError::Io(display, e)),
+    };
+    let mut kids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| KeyError::Io(display.clone(), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(kid) = name.strip_suffix(".pem") {
+            kids.push(kid.to_owned());
+        }
+    }
+    Ok(kids)
+}

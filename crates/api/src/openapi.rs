@@ -1,0 +1,120 @@
+//! The OpenAPI document: collected from the router's own registrations (utoipa-actix-web), then
+//! completed with the problem responses every operation can give, derived from its shape.
+
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, OpenApi as Spec, Ref, RefOr, Response};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "GDPR-first CRM API",
+        description = "Headless multi-tenant CRM and eCommerce API. Every tenant is the GDPR controller of its data; \
+the platform is the processor. Errors are RFC 9457 problem details with a stable `code`. \
+Lists use cursor pagination; writes honour `If-Match`.",
+        license(name = "AGPL-3.0-or-later")
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "auth", description = "Signing in, tokens and the caller's own account"),
+        (name = "tenants", description = "Customer tenants (platform admins)"),
+        (name = "users", description = "Users of a tenant (tenant admins)"),
+        (name = "companies", description = "Companies"),
+        (name = "contacts", description = "Contacts (data subjects)"),
+        (name = "orders", description = "Orders and order lines"),
+        (name = "meta", description = "Health and signing keys"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut Spec) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("Access token from /v1/auth/login or /v1/auth/refresh"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn problem(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        Response::builder()
+            .description(description)
+            .content(
+                crate::problem::PROBLEM_JSON,
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            )
+            .build(),
+    )
+}
+
+fn add(op: &mut Operation, status: &str, description: &str) {
+    op.responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| problem(description));
+}
+
+/// Adds the problem responses an operation can give, from its shape: security, path and
+/// query parameters, request body, and method.
+fn complete(op: &mut Operation, method: &str) {
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let params = op.parameters.as_deref().unwrap_or_default();
+    let has_path = params.iter().any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Path));
+    let has_query = params.iter().any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
+    let has_body = op.request_body.is_some();
+    if secured {
+        add(op, "401", "Missing, invalid or expired access token, or the session has ended");
+        add(op, "403", "The caller's role does not allow this operation");
+    }
+    if has_path {
+        add(op, "404", "Not found (also for another tenant's objects)");
+    }
+    if has_body {
+        add(op, "400", "Malformed JSON");
+        add(op, "413", "Request body too large");
+        add(op, "415", "Content type is not JSON");
+    }
+    if has_body || has_query {
+        add(op, "422", "Invalid values; `errors` holds a JSON pointer or parameter per value");
+    }
+    if method == "patch" || method == "delete" {
+        add(op, "412", "`If-Match` does not match the current version");
+    }
+    add(op, "500", "Internal error; details are logged, never returned");
+}
+
+/// Completes every operation of a collected spec.
+pub fn finish(mut spec: Spec) -> Spec {
+    let base = ApiDoc::openapi();
+    spec.info = base.info;
+    spec.tags = base.tags;
+    let components = spec.components.get_or_insert_with(Default::default);
+    if let Some(base_components) = base.components {
+        components.security_schemes.extend(base_components.security_schemes);
+    }
+    for item in spec.paths.paths.values_mut() {
+        for (method, op) in [
+            ("get", item.get.as_mut()),
+            ("post", item.post.as_mut()),
+            ("patch", item.patch.as_mut()),
+            ("put", item.put.as_mut()),
+            ("delete", item.delete.as_mut()),
+        ] {
+            if let Some(op) = op {
+                complete(op, method);
+            }
+        }
+    }
+    spec
+}

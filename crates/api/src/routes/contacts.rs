@@ -1,0 +1,271 @@
+//! `/v1/contacts`: the people a tenant keeps data about.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use chrono::{DateTime, Utc};
+use crm_domain::contacts::{self, Contact, ContactChanges, ContactFilter, NewContact};
+use crm_domain::ids::{CompanyId, ContactId};
+use crm_domain::values::{EmailAddress, phone};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{QueryErrors, created, if_match, list_type, path_id, with_etag};
+use crate::auth::{CrmReader, CrmWriter};
+use crate::input::{self, Input, text};
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// A contact as stored.
+#[derive(Serialize, ToSchema)]
+pub struct ContactOut {
+    pub id: Uuid,
+    pub company_id: Option<Uuid>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Normalised to lower case; unique within the tenant.
+    #[schema(format = Email)]
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub job_title: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Current version; also sent as the `ETag`.
+    pub version: i32,
+}
+
+impl From<Contact> for ContactOut {
+    fn from(c: Contact) -> Self {
+        ContactOut {
+            id: c.id.as_uuid(),
+            company_id: c.company_id.map(CompanyId::as_uuid),
+            first_name: c.first_name,
+            last_name: c.last_name,
+            email: c.email,
+            phone: c.phone,
+            job_title: c.job_title,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            version: c.version,
+        }
+    }
+}
+
+/// A new contact. At least one of `first_name`, `last_name` or `email` is required.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ContactIn {
+    company_id: Option<Uuid>,
+    #[schema(min_length = 1, max_length = 100)]
+    first_name: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    last_name: Option<String>,
+    #[schema(format = Email, max_length = 254)]
+    email: Option<String>,
+    #[schema(min_length = 3, max_length = 32, example = "+44 20 7946 0958")]
+    phone: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    job_title: Option<String>,
+}
+
+/// A JSON Merge Patch (RFC 7396) of a contact: absent fields stay, `null` clears.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ContactPatch {
+    company_id: Option<Uuid>,
+    #[schema(min_length = 1, max_length = 100)]
+    first_name: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    last_name: Option<String>,
+    #[schema(format = Email, max_length = 254)]
+    email: Option<String>,
+    #[schema(min_length = 3, max_length = 32)]
+    phone: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    job_title: Option<String>,
+}
+
+list_type!(ContactList, ContactOut);
+
+const FIELDS: &[&str] = &["company_id", "first_name", "last_name", "email", "phone", "job_title"];
+
+fn read_new(body: &Value) -> Result<NewContact, ApiError> {
+    let mut i = Input::body(body, FIELDS)?;
+    let input = NewContact {
+        company_id: i.string("company_id", false, input::uuid).map(CompanyId::from_uuid),
+        first_name: i.string("first_name", false, text(1, 100)),
+        last_name: i.string("last_name", false, text(1, 100)),
+        email: i.string("email", false, EmailAddress::parse),
+        phone: i.string("phone", false, phone),
+        job_title: i.string("job_title", false, text(1, 100)),
+    };
+    i.finish()?;
+    Ok(input)
+}
+
+fn read_patch(body: &Value) -> Result<ContactChanges, ApiError> {
+    let mut i = Input::body(body, FIELDS)?;
+    let changes = ContactChanges {
+        company_id: i.patch_string("company_id", true, input::uuid).map(CompanyId::from_uuid),
+        first_name: i.patch_string("first_name", true, text(1, 100)),
+        last_name: i.patch_string("last_name", true, text(1, 100)),
+        email: i.patch_string("email", true, EmailAddress::parse),
+        phone: i.patch_string("phone", true, phone),
+        job_title: i.patch_string("job_title", true, text(1, 100)),
+    };
+    i.finish()?;
+    Ok(changes)
+}
+
+/// Create a contact.
+#[utoipa::path(
+    tag = "contacts",
+    request_body(content = ContactIn, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = ContactOut,
+         headers(("ETag" = String, description = "Version of the contact"), ("Location" = String))),
+        (status = 409, description = "A contact with this e-mail exists (`email_taken`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/contacts")]
+pub async fn create_contact(
+    caller: CrmWriter,
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let input = read_new(&body)?;
+    let contact = contacts::create_contact(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
+    let version = contact.version;
+    let out = ContactOut::from(contact);
+    Ok(created(format!("/v1/contacts/{}", out.id), &out, version))
+}
+
+/// Query parameters of the contact list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ContactQuery {
+    /// Page size, 1–200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Exact e-mail address (case-insensitive).
+    #[param(value_type = Option<String>, format = Email)]
+    email: Option<String>,
+    #[param(value_type = Option<Uuid>)]
+    company_id: Option<String>,
+    /// Case-insensitive text in first name, last name or e-mail.
+    #[param(min_length = 1, max_length = 200)]
+    q: Option<String>,
+    /// Only contacts changed at or after this time (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
+    updated_since: Option<String>,
+}
+
+/// List contacts, oldest first, with cursor pagination and filters.
+#[utoipa::path(
+    tag = "contacts",
+    params(ContactQuery),
+    responses((status = 200, description = "A page of contacts", body = ContactList)),
+    security(("bearer" = []))
+)]
+#[get("/contacts")]
+pub async fn list_contacts(
+    caller: CrmReader,
+    state: web::Data<AppState>,
+    query: web::Query<ContactQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let mut errs = QueryErrors::default();
+    let page = errs.page(query.limit.as_deref(), query.cursor.as_deref());
+    let filter = ContactFilter {
+        email: errs.parse("email", query.email.as_deref(), EmailAddress::parse),
+        company_id: errs
+            .parse("company_id", query.company_id.as_deref(), input::uuid)
+            .map(CompanyId::from_uuid),
+        q: errs.parse("q", query.q.as_deref(), text(1, 200)),
+        updated_since: errs.parse("updated_since", query.updated_since.as_deref(), input::timestamp),
+    };
+    errs.finish()?;
+    let page = contacts::list_contacts(&state.db, &caller.0.tenant, filter, page).await?;
+    Ok(HttpResponse::Ok().json(ContactList::from(page.map(ContactOut::from))))
+}
+
+/// Get a contact.
+#[utoipa::path(
+    tag = "contacts",
+    params(("id" = Uuid, Path, description = "Contact id")),
+    responses((status = 200, description = "The contact", body = ContactOut,
+               headers(("ETag" = String, description = "Version of the contact")))),
+    security(("bearer" = []))
+)]
+#[get("/contacts/{id}")]
+pub async fn get_contact(
+    caller: CrmReader,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = ContactId::from_uuid(path_id("contact", &id)?);
+    let contact = contacts::get_contact(&state.db, &caller.0.tenant, id).await?;
+    let version = contact.version;
+    Ok(with_etag(StatusCode::OK, &ContactOut::from(contact), version))
+}
+
+/// Change a contact (JSON Merge Patch). Send `If-Match` with the `ETag` you read to refuse
+/// overwriting someone else's change (412).
+#[utoipa::path(
+    tag = "contacts",
+    params(
+        ("id" = Uuid, Path, description = "Contact id"),
+        ("If-Match" = Option<String>, Header, description = "ETag of the version being changed"),
+    ),
+    request_body(content = ContactPatch, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The changed contact", body = ContactOut,
+         headers(("ETag" = String, description = "New version"))),
+        (status = 409, description = "A contact with this e-mail exists (`email_taken`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/contacts/{id}")]
+pub async fn update_contact(
+    caller: CrmWriter,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let id = ContactId::from_uuid(path_id("contact", &id)?);
+    let expected = if_match(&req)?;
+    let changes = read_patch(&body)?;
+    let contact =
+        contacts::update_contact(&state.db, &caller.0.tenant, id, changes, expected, state.clock.now()).await?;
+    let version = contact.version;
+    Ok(with_etag(StatusCode::OK, &ContactOut::from(contact), version))
+}
+
+/// Delete a contact. Its orders stay, without the link.
+#[utoipa::path(
+    tag = "contacts",
+    params(
+        ("id" = Uuid, Path, description = "Contact id"),
+        ("If-Match" = Option<String>, Header, description = "ETag of the version being deleted"),
+    ),
+    responses((status = 204, description = "Deleted")),
+    security(("bearer" = []))
+)]
+#[delete("/contacts/{id}")]
+pub async fn delete_contact(
+    caller: CrmWriter,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = ContactId::from_uuid(path_id("contact", &id)?);
+    let expected = if_match(&req)?;
+    contacts::delete_contact(&state.db, &caller.0.tenant, id, expected, state.clock.now()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

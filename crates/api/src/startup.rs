@@ -1,0 +1,397 @@
+//! Building and running the application: database, migrations, keys, first-run bootstrap,
+//! router, middleware (request id, access log, security headers, problem+json for every error).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::BoxBody;
+use actix_web::dev::{Server, Service, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{App, HttpRequest, HttpServer, web};
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use crm_domain::clock::Clock;
+use crm_domain::passwords::Password;
+use crm_domain::sessions::{SessionPolicy, ThrottlePolicy};
+use crm_domain::tenants;
+use crm_domain::values::EmailAddress;
+use crm_migration::{Migrator, MigratorTrait};
+use rand::RngCore;
+use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
+
+use crate::config::{Environment, Settings};
+use crate::keys::KeyStore;
+use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
+use crate::routes::{auth, companies, contacts, meta, orders, tenants as tenant_routes, users};
+use crate::state::AppState;
+
+/// Every documented route. The router and the OpenAPI document are both built from this.
+fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(meta::health).service(meta::jwks).service(
+        scope::scope("/v1")
+            .service(auth::login)
+            .service(auth::refresh)
+            .service(auth::logout)
+            .service(auth::me)
+            .service(auth::change_password)
+            .service(tenant_routes::create_tenant)
+            .service(tenant_routes::list_tenants)
+            .service(tenant_routes::get_tenant)
+            .service(tenant_routes::update_tenant)
+            .service(users::create_user)
+            .service(users::list_users)
+            .service(users::get_user)
+            .service(users::update_user)
+            .service(companies::create_company)
+            .service(companies::list_companies)
+            .service(companies::get_company)
+            .service(companies::update_company)
+            .service(companies::delete_company)
+            .service(contacts::create_contact)
+            .service(contacts::list_contacts)
+            .service(contacts::get_contact)
+            .service(contacts::update_contact)
+            .service(contacts::delete_contact)
+            .service(orders::create_order)
+            .service(orders::list_orders)
+            .service(orders::get_order)
+            .service(orders::update_order)
+            .service(orders::delete_order),
+    );
+}
+
+/// The OpenAPI document of the service (a pure function of the code).
+pub fn openapi_spec() -> utoipa::openapi::OpenApi {
+    let (_, spec) = App::new().into_utoipa_app().configure(routes).split_for_parts();
+    crate::openapi::finish(spec)
+}
+
+/// The served spec, serialised once.
+pub struct SpecJson(pub String);
+
+/// Path templates and their methods, to tell 405 from 404.
+pub struct RouteTable(Vec<(Vec<String>, Vec<&'static str>)>);
+
+impl RouteTable {
+    fn from_spec(spec: &utoipa::openapi::OpenApi) -> Self {
+        let mut table = Vec::new();
+        for (path, item) in &spec.paths.paths {
+            let mut methods = Vec::new();
+            for (m, present) in [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ] {
+                if present {
+                    methods.push(m);
+                }
+            }
+            let segments = path.split('/').map(str::to_owned).collect();
+            table.push((segments, methods));
+        }
+        table.push((vec![String::new(), "openapi.json".into()], vec!["GET"]));
+        table.push((vec![String::new(), "docs".into()], vec!["GET"]));
+        RouteTable(table)
+    }
+
+    fn allowed(&self, path: &str) -> Option<String> {
+        let parts: Vec<&str> = path.split('/').collect();
+        self.0
+            .iter()
+            .find(|(segments, _)| {
+                segments.len() == parts.len()
+                    && segments
+                        .iter()
+                        .zip(&parts)
+                        .all(|(s, p)| (s.starts_with('{') && !p.is_empty()) || s == p)
+            })
+            .map(|(_, methods)| methods.join(", "))
+    }
+}
+
+async fn fallback(req: HttpRequest, table: web::Data<RouteTable>) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(match table.allowed(req.path()) {
+        Some(allow) if req.method() != Method::OPTIONS || !allow.is_empty() => ApiError::MethodNotAllowed { allow },
+        _ => ApiError::status(StatusCode::NOT_FOUND, "not_found", "no resource at this path"),
+    })
+}
+
+fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => ApiError::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than this service accepts",
+        ),
+        JsonPayloadError::ContentType => ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json (or application/merge-patch+json for PATCH)",
+        ),
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
+        _ => ApiError::bad_request("unreadable_body", "the request body could not be read"),
+    };
+    api.into()
+}
+
+fn query_error(_err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request("malformed_query", "the query string could not be parsed").into()
+}
+
+fn path_error(_err: PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::status(StatusCode::NOT_FOUND, "not_found", "no resource at this path").into()
+}
+
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .content_type(|mime| {
+            mime.type_() == actix_web::mime::APPLICATION
+                && (mime.subtype() == actix_web::mime::JSON || mime.suffix() == Some(actix_web::mime::JSON))
+        })
+        .error_handler(json_error)
+}
+
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .then(|| s.to_owned())
+}
+
+fn status_code_name(status: StatusCode) -> String {
+    match status {
+        StatusCode::NOT_FOUND => "not_found".into(),
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed".into(),
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large".into(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type".into(),
+        StatusCode::BAD_REQUEST => "bad_request".into(),
+        s if s.is_server_error() => "internal_error".into(),
+        s => s
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_lowercase()
+            .replace([' ', '-'], "_"),
+    }
+}
+
+/// Turns any error response that is not yet a problem document (the framework's own) into one.
+fn ensure_problem(res: ServiceResponse) -> ServiceResponse<BoxBody> {
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return res.map_into_boxed_body();
+    }
+    if let Some(err) = res.response().error() {
+        log::warn!("framework error {status}: {err}");
+    }
+    let (req, old) = res.into_parts();
+    let mut new = problem_response(status, &status_code_name(status), None, Vec::new());
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(v) = old.headers().get(&name) {
+            new.headers_mut().insert(name, v.clone());
+        }
+    }
+    ServiceResponse::new(req, new)
+}
+
+fn security_headers(res: &mut ServiceResponse<BoxBody>, request_id: &str) {
+    let headers = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// The platform admin made on a first start; its password is shown once and never stored.
+pub struct FirstRunCredentials {
+    pub email: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for FirstRunCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstRunCredentials").field("password", &"***").finish()
+    }
+}
+
+/// A random password that meets the policy.
+pub fn random_password() -> String {
+    let mut bytes = [0u8; 18];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// On a first start in development (no platform admin yet), creates one with a random
+/// password that the caller prints once. Production uses `crm bootstrap` instead.
+async fn first_run(
+    db: &crm_domain::db::Db,
+    settings: &Settings,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Option<FirstRunCredentials>> {
+    if settings.environment != Environment::Development || tenants::platform_admin_exists(db).await? {
+        return Ok(None);
+    }
+    let email = EmailAddress::parse(&settings.bootstrap_email)
+        .map_err(|e| anyhow::anyhow!("CRM_BOOTSTRAP_EMAIL {}", e.detail))?;
+    let password = random_password();
+    let checked = Password::parse(&password, &[]).map_err(|e| anyhow::anyhow!("generated password: {}", e.detail))?;
+    match tenants::bootstrap_platform(db, &email, &checked, now).await {
+        Ok(_) => Ok(Some(FirstRunCredentials {
+            email: email.to_string(),
+            password,
+        })),
+        // Another node bootstrapped at the same moment.
+        Err(crm_domain::DomainError::Conflict { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the directory of a SQLite database file.
+fn ensure_sqlite_dir(url: &str) -> anyhow::Result<()> {
+    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+        return Ok(());
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Opens the database and applies pending migrations.
+pub async fn open_database(settings: &Settings) -> anyhow::Result<crm_domain::db::Db> {
+    ensure_sqlite_dir(&settings.database_url)?;
+    let db = crm_domain::db::connect(&settings.database_url)
+        .await
+        .context("connecting to the database")?;
+    Migrator::up(&db, None).await.context("applying migrations")?;
+    Ok(db)
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    first_run: Option<FirstRunCredentials>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
+        Self::build_with_policy(settings, clock, ThrottlePolicy::default()).await
+    }
+
+    pub async fn build_with_policy(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        throttle: ThrottlePolicy,
+    ) -> anyhow::Result<Application> {
+        let db = open_database(&settings).await?;
+        let keys = KeyStore::load(&settings.key_dir, settings.may_generate_keys())?;
+        let first_run = first_run(&db, &settings, clock.now()).await?;
+        let listener = TcpListener::bind(&settings.listen_addr)
+            .with_context(|| format!("binding {}", settings.listen_addr))?;
+        let port = listener.local_addr()?.port();
+        let workers = settings.workers;
+        let max_body = settings.max_body_bytes;
+        let session_policy = SessionPolicy {
+            session_ttl: settings.session_ttl,
+            throttle,
+        };
+        let state = web::Data::new(AppState {
+            db,
+            keys,
+            settings,
+            clock,
+            session_policy,
+        });
+        let spec = openapi_spec();
+        let spec_json = web::Data::new(SpecJson(serde_json::to_string_pretty(&spec)?));
+        let table = web::Data::new(RouteTable::from_spec(&spec));
+
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(spec_json.clone())
+                .app_data(table.clone())
+                .app_data(json_config(max_body))
+                .app_data(web::PayloadConfig::new(max_body))
+                .app_data(web::QueryConfig::default().error_handler(query_error))
+                .app_data(web::PathConfig::default().error_handler(path_error))
+                .into_utoipa_app()
+                .configure(routes)
+                .into_app()
+                .route("/openapi.json", web::get().to(meta::openapi_json))
+                .route("/docs", web::get().to(meta::docs_page))
+                .route("/docs/docs.js", web::get().to(meta::docs_script))
+                .default_service(web::to(fallback))
+                .wrap_fn(|req, srv| {
+                    let start = Instant::now();
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(valid_request_id)
+                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                    let method = req.method().clone();
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        let mut res = ensure_problem(res);
+                        security_headers(&mut res, &request_id);
+                        let route = res.request().match_pattern().unwrap_or_else(|| "-".into());
+                        log::info!(
+                            "request_id={request_id} method={method} route={route} status={} latency_ms={:.2}",
+                            res.status().as_u16(),
+                            start.elapsed().as_secs_f64() * 1000.0
+                        );
+                        Ok(res)
+                    }
+                })
+        })
+        .workers(workers)
+        .listen(listener)?
+        .run();
+        Ok(Application { port, server, first_run })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The platform admin created on this first start, if it was one.
+    pub fn take_first_run_credentials(&mut self) -> Option<FirstRunCredentials> {
+        self.first_run.take()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}

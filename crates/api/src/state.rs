@@ -1,0 +1,18 @@
+//! Shared application state, built once at start.
+
+use std::sync::Arc;
+
+use crm_domain::clock::Clock;
+use crm_domain::db::Db;
+use crm_domain::sessions::SessionPolicy;
+
+use crate::config::Settings;
+use crate::keys::KeyStore;
+
+pub struct AppState {
+    pub db: Db,
+    pub keys: KeyStore,
+    pub settings: Settings,
+    pub clock: Arc<dyn Clock>,
+    pub session_policy: SessionPolicy,
+}
