@@ -63,7 +63,12 @@ fn composite_fk(
         .to_owned()
 }
 
-fn index(table: &'static str, name: &str, cols: &[&'static str], unique: bool) -> IndexCreateStatement {
+fn index(
+    table: &'static str,
+    name: &str,
+    cols: &[&'static str],
+    unique: bool,
+) -> IndexCreateStatement {
     let mut idx = Index::create();
     idx.name(format!("ix_{table}_{name}")).table(table);
     for col in cols {
@@ -239,7 +244,12 @@ impl MigrationTrait for Migration {
                     .col(ts("updated_at"))
                     .col(integer("version"))
                     .index(&mut tenant_key("contacts"))
-                    .index(&mut index("contacts", "email", &["tenant_id", "email"], true))
+                    .index(&mut index(
+                        "contacts",
+                        "email",
+                        &["tenant_id", "email"],
+                        true,
+                    ))
                     .foreign_key(&mut tenant_fk("contacts"))
                     .foreign_key(&mut composite_fk(
                         "contacts",
@@ -315,7 +325,11 @@ impl MigrationTrait for Migration {
 
         for (table, name, cols) in [
             ("sessions", "user", &["tenant_id", "user_id"][..]),
-            ("refresh_tokens", "session", &["tenant_id", "session_id"][..]),
+            (
+                "refresh_tokens",
+                "session",
+                &["tenant_id", "session_id"][..],
+            ),
             ("contacts", "company", &["tenant_id", "company_id"][..]),
             ("contacts", "updated", &["tenant_id", "updated_at"][..]),
             ("orders", "contact", &["tenant_id", "contact_id"][..]),
@@ -323,7 +337,9 @@ impl MigrationTrait for Migration {
             ("orders", "status", &["tenant_id", "status"][..]),
             ("orders", "placed", &["tenant_id", "placed_at"][..]),
         ] {
-            manager.create_index(index(table, name, cols, false)).await?;
+            manager
+                .create_index(index(table, name, cols, false))
+                .await?;
         }
         Ok(())
     }

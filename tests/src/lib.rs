@@ -1,1 +1,334 @@
+//! Test harness: a real server on port 0 over a fresh database (SQLite file or a PostgreSQL
+//! database created for the test and dropped after it), typed client helpers and problem
+//! assertions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crm_api::config::Settings;
+use crm_api::startup::Application;
+use crm_domain::clock::SystemClock;
+use crm_domain::sessions::ThrottlePolicy;
+use futures_util::FutureExt;
+use reqwest::{Method, Response, StatusCode};
+use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Base URL of the PostgreSQL server the tests create databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CRM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn replace_db_name(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let prefix = base.rsplit_once('/').map(|(p, _)| p).unwrap_or(base);
+    match query {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    pub admin_email: String,
+    pub admin_password: String,
+    pub key_dir: PathBuf,
+    pub settings: Settings,
+    dir: PathBuf,
+    pg_db: Option<String>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+/// A signed-in user of a fresh tenant.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub tenant: String,
+    pub email: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+/// `len` random lower-case hex characters.
+pub fn random_hex(len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap())
+        .collect()
+}
+
+pub const PASSWORD: &str = "tangerine bicycle under the moon";
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, ThrottlePolicy::default()).await
+    }
+
+    pub async fn spawn_with(backend: Backend, throttle: ThrottlePolicy) -> TestApp {
+        let id = random_hex(24);
+        let dir = std::env::temp_dir().join(format!("crm-test-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (database_url, pg_db) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}?mode=rwc", dir.join("crm.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let name = format!("crm_test_{id}");
+                let admin = sea_orm::Database::connect(postgres_admin_url())
+                    .await
+                    .expect("PostgreSQL must be reachable at CRM_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .unwrap();
+                admin.close().await.ok();
+                (replace_db_name(&postgres_admin_url(), &name), Some(name))
+            }
+        };
+        let mut settings = Settings::development();
+        settings.database_url = database_url;
+        settings.listen_addr = "127.0.0.1:0".into();
+        settings.key_dir = dir.join("keys");
+        settings.workers = 1;
+        settings.issuer = "http://crm.test".into();
+        let mut app =
+            Application::build_with_policy(settings.clone(), Arc::new(SystemClock), throttle)
+                .await
+                .expect("application builds");
+        let creds = app
+            .take_first_run_credentials()
+            .expect("first run creates a platform admin");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            base,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            backend,
+            admin_email: creds.email,
+            admin_password: creds.password,
+            key_dir: settings.key_dir.clone(),
+            settings,
+            dir,
+            pg_db,
+            handle,
+        }
+    }
+
+    /// Stops the server and removes its database.
+    pub async fn cleanup(self) {
+        self.handle.stop(false).await;
+        if let Some(name) = &self.pg_db
+            && let Ok(admin) = sea_orm::Database::connect(postgres_admin_url()).await
+        {
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await
+                .ok();
+            admin.close().await.ok();
+        }
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.request(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    pub async fn login(&self, tenant: &str, email: &str, password: &str) -> Response {
+        self.request(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(&json!({"tenant": tenant, "email": email, "password": password})),
+        )
+        .await
+    }
+
+    pub async fn session(&self, tenant: &str, email: &str, password: &str) -> Session {
+        let resp = self.login(tenant, email, password).await;
+        assert_eq!(resp.status(), StatusCode::OK, "login as {email}@{tenant}");
+        let body: Value = resp.json().await.unwrap();
+        Session {
+            tenant: tenant.into(),
+            email: email.into(),
+            password: password.into(),
+            access: body["access_token"].as_str().unwrap().into(),
+            refresh: body["refresh_token"].as_str().unwrap().into(),
+        }
+    }
+
+    pub async fn platform_admin(&self) -> Session {
+        self.session(
+            "platform",
+            &self.admin_email.clone(),
+            &self.admin_password.clone(),
+        )
+        .await
+    }
+
+    /// Creates a tenant with a unique slug and signs its admin in.
+    pub async fn new_tenant(&self) -> Session {
+        let platform = self.platform_admin().await;
+        let slug = format!("t{}", random_hex(12));
+        let email = format!("admin@{slug}.example");
+        let resp = self
+            .post(
+                "/v1/tenants",
+                &platform.access,
+                &json!({"slug": slug, "name": format!("Tenant {slug}"), "admin": {"email": email, "password": PASSWORD}}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "tenant created");
+        self.session(&slug, &email, PASSWORD).await
+    }
+
+    /// Creates a user with `role` in the admin's tenant and signs them in.
+    pub async fn new_user(&self, admin: &Session, role: &str) -> Session {
+        let email = format!("{role}-{}@{}.example", random_hex(8), admin.tenant);
+        let resp = self
+            .post(
+                "/v1/users",
+                &admin.access,
+                &json!({"email": email, "role": role, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "user created");
+        self.session(&admin.tenant, &email, PASSWORD).await
+    }
+
+    /// Creates an object and returns its JSON.
+    pub async fn create(&self, path: &str, token: &str, body: Value) -> Value {
+        let resp = self.post(path, token, &body).await;
+        let status = resp.status();
+        let json: Value = resp.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "create {path}: {json}");
+        json
+    }
+}
+
+/// Asserts a problem+json response with `status` and `code`; returns its body.
+pub async fn assert_problem(resp: Response, status: u16, code: &str) -> Value {
+    let actual = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(actual, status, "status; body {body}");
+    assert_eq!(
+        content_type, "application/problem+json",
+        "content type; body {body}"
+    );
+    assert_eq!(body["code"], code, "problem code; body {body}");
+    assert_eq!(body["status"], status, "status member; body {body}");
+    body
+}
+
+/// Asserts a 422 that points at `pointer` with `code`.
+pub async fn assert_invalid(resp: Response, pointer: &str, code: &str) -> Value {
+    let body = assert_problem(resp, 422, "validation_failed").await;
+    let found = body["errors"]
+        .as_array()
+        .map(|errs| {
+            errs.iter()
+                .any(|e| e["pointer"] == pointer && e["code"] == code)
+        })
+        .unwrap_or(false);
+    assert!(found, "expected error {code} at {pointer}; body {body}");
+    body
+}
+
+/// Runs a test body against a fresh app and always removes its database, even on failure.
+pub async fn run<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(Arc<TestApp>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let result = AssertUnwindSafe(test(app.clone())).catch_unwind().await;
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.cleanup().await;
+    }
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Declares a test that runs once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, |$app:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::run($crate::Backend::Sqlite, |$app| async move { $body }).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::run($crate::Backend::Postgres, |$app| async move { $body }).await;
+            }
+        }
+    };
+}

@@ -45,7 +45,10 @@ pub struct AccessClaims {
 }
 
 /// Signs an access token for a session that was just started or refreshed.
-pub fn issue_access_token(state: &AppState, session: &IssuedSession) -> Result<(String, i64), ApiError> {
+pub fn issue_access_token(
+    state: &AppState,
+    session: &IssuedSession,
+) -> Result<(String, i64), ApiError> {
     let now = state.clock.now();
     let ttl = state.settings.access_token_ttl;
     let p = &session.principal;
@@ -79,12 +82,14 @@ fn invalid_token() -> ApiError {
 }
 
 /// Verifies signature, `typ`, `alg`, `kid`, `iss`, `aud`, `exp`, `nbf` and the claim shapes.
-pub fn verify_access_token(state: &AppState, token: &str) -> Result<(TenantId, UserId, SessionId), ApiError> {
+pub fn verify_access_token(
+    state: &AppState,
+    token: &str,
+) -> Result<(TenantId, UserId, SessionId), ApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| invalid_token())?;
-    let typ_ok = header
-        .typ
-        .as_deref()
-        .is_some_and(|t| t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt"));
+    let typ_ok = header.typ.as_deref().is_some_and(|t| {
+        t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt")
+    });
     if !typ_ok || header.alg != Algorithm::EdDSA {
         return Err(invalid_token());
     }
@@ -99,7 +104,8 @@ pub fn verify_access_token(state: &AppState, token: &str) -> Result<(TenantId, U
     validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
     validation.validate_nbf = true;
     validation.leeway = 5;
-    let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation).map_err(|_| invalid_token())?;
+    let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation)
+        .map_err(|_| invalid_token())?;
     let c = data.claims;
     let parse = |s: &str| Uuid::parse_str(s).map_err(|_| invalid_token());
     Ok((
@@ -205,5 +211,7 @@ pub fn client_addr(req: &HttpRequest, trust_forwarded_for: bool) -> String {
     {
         return first.trim().to_owned();
     }
-    req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into())
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -74,7 +74,9 @@ impl Settings {
                 None => Ok(None),
                 Some(v) => match v.trim().parse::<i64>() {
                     Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                    _ => Err(ConfigError(format!("{name} must be an integer from {min} to {max}"))),
+                    _ => Err(ConfigError(format!(
+                        "{name} must be an integer from {min} to {max}"
+                    ))),
                 },
             }
         };
@@ -89,8 +91,13 @@ impl Settings {
         }
         let database_url = get("CRM_DATABASE_URL");
         if let Some(url) = &database_url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(ConfigError("CRM_DATABASE_URL must start with sqlite:, postgres:// or postgresql://".into()));
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(ConfigError(
+                    "CRM_DATABASE_URL must start with sqlite:, postgres:// or postgresql://".into(),
+                ));
             }
             s.database_url = url.clone();
         }
@@ -135,7 +142,9 @@ impl Settings {
                 ));
             }
             if key_dir.is_none() {
-                return Err(ConfigError("production needs CRM_KEY_DIR with signing keys".into()));
+                return Err(ConfigError(
+                    "production needs CRM_KEY_DIR with signing keys".into(),
+                ));
             }
             if issuer.is_none() {
                 return Err(ConfigError("production needs CRM_PUBLIC_URL".into()));
@@ -156,8 +165,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -173,7 +184,13 @@ mod tests {
     #[test]
     fn production_refuses_defaults() {
         assert!(from(&[("CRM_ENV", "production")]).is_err());
-        assert!(from(&[("CRM_ENV", "production"), ("CRM_DATABASE_URL", "sqlite://x.db")]).is_err());
+        assert!(
+            from(&[
+                ("CRM_ENV", "production"),
+                ("CRM_DATABASE_URL", "sqlite://x.db")
+            ])
+            .is_err()
+        );
         assert!(
             from(&[
                 ("CRM_ENV", "production"),

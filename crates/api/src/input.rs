@@ -73,7 +73,11 @@ impl<'a> Input<'a> {
         for key in obj.keys() {
             if !allowed.contains(&key.as_str()) {
                 let p = input.pointer(key);
-                input.errors.push(FieldError::at(p, "unknown_field", "is not a field of this operation"));
+                input.errors.push(FieldError::at(
+                    p,
+                    "unknown_field",
+                    "is not a field of this operation",
+                ));
             }
         }
         Some(input)
@@ -94,7 +98,11 @@ impl<'a> Input<'a> {
     }
 
     fn wrong_type(&mut self, field: &str, expected: &str, got: &Value) {
-        self.error(field, "invalid_type", format!("must be {expected}, not {}", type_name(got)));
+        self.error(
+            field,
+            "invalid_type",
+            format!("must be {expected}, not {}", type_name(got)),
+        );
     }
 
     pub fn has(&self, field: &str) -> bool {
@@ -144,7 +152,9 @@ impl<'a> Input<'a> {
                 self.error(field, "not_nullable", "cannot be null");
                 Patch::Absent
             }
-            Some(_) => self.string(field, true, parse).map_or(Patch::Absent, Patch::Value),
+            Some(_) => self
+                .string(field, true, parse)
+                .map_or(Patch::Absent, Patch::Value),
         }
     }
 
@@ -175,7 +185,11 @@ impl<'a> Input<'a> {
             Some(v @ Value::Number(_)) => match as_integer(v) {
                 Some(n) if (min..=max).contains(&n) => Some(n),
                 Some(_) => {
-                    self.error(field, "out_of_range", format!("must be from {min} to {max}"));
+                    self.error(
+                        field,
+                        "out_of_range",
+                        format!("must be from {min} to {max}"),
+                    );
                     None
                 }
                 None => {
@@ -191,7 +205,13 @@ impl<'a> Input<'a> {
     }
 
     /// An array field with `min..=max` items.
-    pub fn array(&mut self, field: &str, required: bool, min: usize, max: usize) -> Option<&'a Vec<Value>> {
+    pub fn array(
+        &mut self,
+        field: &str,
+        required: bool,
+        min: usize,
+        max: usize,
+    ) -> Option<&'a Vec<Value>> {
         match self.obj.get(field) {
             None | Some(Value::Null) => {
                 if required {
@@ -200,11 +220,19 @@ impl<'a> Input<'a> {
                 None
             }
             Some(Value::Array(items)) if items.len() < min => {
-                self.error(field, "too_few_items", format!("must have at least {min} items"));
+                self.error(
+                    field,
+                    "too_few_items",
+                    format!("must have at least {min} items"),
+                );
                 None
             }
             Some(Value::Array(items)) if items.len() > max => {
-                self.error(field, "too_many_items", format!("must have at most {max} items"));
+                self.error(
+                    field,
+                    "too_many_items",
+                    format!("must have at most {max} items"),
+                );
                 None
             }
             Some(Value::Array(items)) => Some(items),
@@ -242,7 +270,12 @@ pub fn uuid(raw: &str) -> Result<uuid::Uuid, InvalidValue> {
 pub fn timestamp(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, InvalidValue> {
     chrono::DateTime::parse_from_rfc3339(raw)
         .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|_| InvalidValue::new("invalid_timestamp", "must be an RFC 3339 timestamp, e.g. 2026-01-31T09:00:00Z"))
+        .map_err(|_| {
+            InvalidValue::new(
+                "invalid_timestamp",
+                "must be an RFC 3339 timestamp, e.g. 2026-01-31T09:00:00Z",
+            )
+        })
 }
 
 /// Free text of `min..=max` characters.

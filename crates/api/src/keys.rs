@@ -37,7 +37,9 @@ pub enum KeyError {
     Io(String, std::io::Error),
     #[error("key file {0} is not a PKCS#8 Ed25519 private key in PEM form")]
     Format(String),
-    #[error("no signing key in {0}; create one with `openssl genpkey -algorithm ed25519 -out {0}/<kid>.pem`")]
+    #[error(
+        "no signing key in {0}; create one with `openssl genpkey -algorithm ed25519 -out {0}/<kid>.pem`"
+    )]
     Missing(String),
 }
 
@@ -119,13 +121,17 @@ impl KeyStore {
         let mut current = None;
         for kid in &names {
             let path = dir.join(format!("{kid}.pem"));
-            let pem = std::fs::read_to_string(&path).map_err(|e| KeyError::Io(display.clone(), e))?;
-            let der = pem_to_der(&pem).ok_or_else(|| KeyError::Format(path.display().to_string()))?;
+            let pem =
+                std::fs::read_to_string(&path).map_err(|e| KeyError::Io(display.clone(), e))?;
+            let der =
+                pem_to_der(&pem).ok_or_else(|| KeyError::Format(path.display().to_string()))?;
             let seed = seed_of(&der).ok_or_else(|| KeyError::Format(path.display().to_string()))?;
-            let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+            let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+                .verifying_key()
+                .to_bytes();
             let x = URL_SAFE_NO_PAD.encode(public);
-            let decoding =
-                DecodingKey::from_ed_components(&x).map_err(|_| KeyError::Format(path.display().to_string()))?;
+            let decoding = DecodingKey::from_ed_components(&x)
+                .map_err(|_| KeyError::Format(path.display().to_string()))?;
             verifying.insert(kid.clone(), decoding);
             jwks_keys.push(json!({
                 "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig", "alg": "EdDSA"

@@ -70,11 +70,19 @@ fn add(op: &mut Operation, status: &str, description: &str) {
 fn complete(op: &mut Operation, method: &str) {
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
     let params = op.parameters.as_deref().unwrap_or_default();
-    let has_path = params.iter().any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Path));
-    let has_query = params.iter().any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
+    let has_path = params
+        .iter()
+        .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Path));
+    let has_query = params
+        .iter()
+        .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
     let has_body = op.request_body.is_some();
     if secured {
-        add(op, "401", "Missing, invalid or expired access token, or the session has ended");
+        add(
+            op,
+            "401",
+            "Missing, invalid or expired access token, or the session has ended",
+        );
         add(op, "403", "The caller's role does not allow this operation");
     }
     if has_path {
@@ -86,12 +94,20 @@ fn complete(op: &mut Operation, method: &str) {
         add(op, "415", "Content type is not JSON");
     }
     if has_body || has_query {
-        add(op, "422", "Invalid values; `errors` holds a JSON pointer or parameter per value");
+        add(
+            op,
+            "422",
+            "Invalid values; `errors` holds a JSON pointer or parameter per value",
+        );
     }
     if method == "patch" || method == "delete" {
         add(op, "412", "`If-Match` does not match the current version");
     }
-    add(op, "500", "Internal error; details are logged, never returned");
+    add(
+        op,
+        "500",
+        "Internal error; details are logged, never returned",
+    );
 }
 
 /// Completes every operation of a collected spec.
@@ -101,7 +117,9 @@ pub fn finish(mut spec: Spec) -> Spec {
     spec.tags = base.tags;
     let components = spec.components.get_or_insert_with(Default::default);
     if let Some(base_components) = base.components {
-        components.security_schemes.extend(base_components.security_schemes);
+        components
+            .security_schemes
+            .extend(base_components.security_schemes);
     }
     for item in spec.paths.paths.values_mut() {
         for (method, op) in [

@@ -70,7 +70,10 @@ pub enum ApiError {
     #[error("throttled")]
     Throttled { retry_after_secs: u64 },
     #[error("unauthenticated: {code}")]
-    Unauthenticated { code: &'static str, detail: &'static str },
+    Unauthenticated {
+        code: &'static str,
+        detail: &'static str,
+    },
     #[error("method not allowed")]
     MethodNotAllowed { allow: String },
     #[error("internal error")]
@@ -108,7 +111,11 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, String, Option<String>) {
         match self {
-            ApiError::Status { status, code, detail } => (*status, code.clone(), Some(detail.clone())),
+            ApiError::Status {
+                status,
+                code,
+                detail,
+            } => (*status, code.clone(), Some(detail.clone())),
             ApiError::Invalid(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed".into(),
@@ -119,9 +126,11 @@ impl ApiError {
                 "too_many_attempts".into(),
                 Some("too many failed attempts; retry after the time given in Retry-After".into()),
             ),
-            ApiError::Unauthenticated { code, detail } => {
-                (StatusCode::UNAUTHORIZED, (*code).into(), Some((*detail).into()))
-            }
+            ApiError::Unauthenticated { code, detail } => (
+                StatusCode::UNAUTHORIZED,
+                (*code).into(),
+                Some((*detail).into()),
+            ),
             ApiError::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed".into(),
@@ -137,7 +146,12 @@ impl ApiError {
 }
 
 /// Builds a problem response.
-pub fn problem_response(status: StatusCode, code: &str, detail: Option<String>, errors: Vec<FieldError>) -> HttpResponse {
+pub fn problem_response(
+    status: StatusCode,
+    code: &str,
+    detail: Option<String>,
+    errors: Vec<FieldError>,
+) -> HttpResponse {
     let body = Problem {
         problem_type: format!("urn:crm:problem:{code}"),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
@@ -198,7 +212,9 @@ impl From<DomainError> for ApiError {
         match e {
             DomainError::NotFound(kind) => ApiError::not_found(kind),
             DomainError::Invalid(errors) => ApiError::Invalid(errors),
-            DomainError::Conflict { code, detail } => ApiError::status(StatusCode::CONFLICT, code, detail),
+            DomainError::Conflict { code, detail } => {
+                ApiError::status(StatusCode::CONFLICT, code, detail)
+            }
             DomainError::PreconditionFailed => ApiError::status(
                 StatusCode::PRECONDITION_FAILED,
                 "version_mismatch",
@@ -207,8 +223,12 @@ impl From<DomainError> for ApiError {
             DomainError::Unauthenticated(code) => ApiError::Unauthenticated {
                 code,
                 detail: match code {
-                    "invalid_credentials" => "tenant, e-mail or password is wrong, or the account is inactive",
-                    "refresh_token_reused" => "this refresh token was used before; the session has been ended",
+                    "invalid_credentials" => {
+                        "tenant, e-mail or password is wrong, or the account is inactive"
+                    }
+                    "refresh_token_reused" => {
+                        "this refresh token was used before; the session has been ended"
+                    }
                     "invalid_refresh_token" => "the refresh token is unknown or expired",
                     "session_ended" => "the session has ended; sign in again",
                     _ => "authentication failed",
@@ -216,7 +236,9 @@ impl From<DomainError> for ApiError {
             },
             DomainError::Forbidden(detail) => ApiError::forbidden(detail),
             DomainError::Throttled { retry_after_secs } => ApiError::Throttled { retry_after_secs },
-            DomainError::Database(db) => ApiError::Internal(anyhow::Error::new(db).context("database")),
+            DomainError::Database(db) => {
+                ApiError::Internal(anyhow::Error::new(db).context("database"))
+            }
             DomainError::Internal(msg) => ApiError::Internal(anyhow::anyhow!(msg)),
         }
     }

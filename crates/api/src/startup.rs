@@ -66,7 +66,10 @@ fn routes(cfg: &mut ServiceConfig) {
 
 /// The OpenAPI document of the service (a pure function of the code).
 pub fn openapi_spec() -> utoipa::openapi::OpenApi {
-    let (_, spec) = App::new().into_utoipa_app().configure(routes).split_for_parts();
+    let (_, spec) = App::new()
+        .into_utoipa_app()
+        .configure(routes)
+        .split_for_parts();
     crate::openapi::finish(spec)
 }
 
@@ -115,26 +118,39 @@ impl RouteTable {
     }
 }
 
-async fn fallback(req: HttpRequest, table: web::Data<RouteTable>) -> Result<actix_web::HttpResponse, ApiError> {
+async fn fallback(
+    req: HttpRequest,
+    table: web::Data<RouteTable>,
+) -> Result<actix_web::HttpResponse, ApiError> {
     Err(match table.allowed(req.path()) {
-        Some(allow) if req.method() != Method::OPTIONS || !allow.is_empty() => ApiError::MethodNotAllowed { allow },
-        _ => ApiError::status(StatusCode::NOT_FOUND, "not_found", "no resource at this path"),
+        Some(allow) if req.method() != Method::OPTIONS || !allow.is_empty() => {
+            ApiError::MethodNotAllowed { allow }
+        }
+        _ => ApiError::status(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no resource at this path",
+        ),
     })
 }
 
 fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     let api = match &err {
-        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => ApiError::status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is larger than this service accepts",
-        ),
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than this service accepts",
+            )
+        }
         JsonPayloadError::ContentType => ApiError::status(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as application/json (or application/merge-patch+json for PATCH)",
         ),
-        JsonPayloadError::Deserialize(e) => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        }
         _ => ApiError::bad_request("unreadable_body", "the request body could not be read"),
     };
     api.into()
@@ -145,7 +161,12 @@ fn query_error(_err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error 
 }
 
 fn path_error(_err: PathError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::status(StatusCode::NOT_FOUND, "not_found", "no resource at this path").into()
+    ApiError::status(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no resource at this path",
+    )
+    .into()
 }
 
 fn json_config(limit: usize) -> web::JsonConfig {
@@ -153,15 +174,19 @@ fn json_config(limit: usize) -> web::JsonConfig {
         .limit(limit)
         .content_type(|mime| {
             mime.type_() == actix_web::mime::APPLICATION
-                && (mime.subtype() == actix_web::mime::JSON || mime.suffix() == Some(actix_web::mime::JSON))
+                && (mime.subtype() == actix_web::mime::JSON
+                    || mime.suffix() == Some(actix_web::mime::JSON))
         })
         .error_handler(json_error)
 }
 
 fn valid_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        .then(|| s.to_owned())
+    (!s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    .then(|| s.to_owned())
 }
 
 fn status_code_name(status: StatusCode) -> String {
@@ -209,9 +234,15 @@ fn security_headers(res: &mut ServiceResponse<BoxBody>, request_id: &str) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(HeaderName::from_static("x-request-id"), v);
     }
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
@@ -231,7 +262,9 @@ pub struct FirstRunCredentials {
 
 impl std::fmt::Debug for FirstRunCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FirstRunCredentials").field("password", &"***").finish()
+        f.debug_struct("FirstRunCredentials")
+            .field("password", &"***")
+            .finish()
     }
 }
 
@@ -249,13 +282,16 @@ async fn first_run(
     settings: &Settings,
     now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<Option<FirstRunCredentials>> {
-    if settings.environment != Environment::Development || tenants::platform_admin_exists(db).await? {
+    if settings.environment != Environment::Development
+        || tenants::platform_admin_exists(db).await?
+    {
         return Ok(None);
     }
     let email = EmailAddress::parse(&settings.bootstrap_email)
         .map_err(|e| anyhow::anyhow!("CRM_BOOTSTRAP_EMAIL {}", e.detail))?;
     let password = random_password();
-    let checked = Password::parse(&password, &[]).map_err(|e| anyhow::anyhow!("generated password: {}", e.detail))?;
+    let checked = Password::parse(&password, &[])
+        .map_err(|e| anyhow::anyhow!("generated password: {}", e.detail))?;
     match tenants::bootstrap_platform(db, &email, &checked, now).await {
         Ok(_) => Ok(Some(FirstRunCredentials {
             email: email.to_string(),
@@ -269,7 +305,10 @@ async fn first_run(
 
 /// Creates the directory of a SQLite database file.
 fn ensure_sqlite_dir(url: &str) -> anyhow::Result<()> {
-    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
         return Ok(());
     };
     let path = rest.split('?').next().unwrap_or_default();
@@ -279,7 +318,8 @@ fn ensure_sqlite_dir(url: &str) -> anyhow::Result<()> {
     if let Some(parent) = std::path::Path::new(path).parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     Ok(())
 }
@@ -290,7 +330,9 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<crm_domain::db
     let db = crm_domain::db::connect(&settings.database_url)
         .await
         .context("connecting to the database")?;
-    Migrator::up(&db, None).await.context("applying migrations")?;
+    Migrator::up(&db, None)
+        .await
+        .context("applying migrations")?;
     Ok(db)
 }
 
@@ -375,7 +417,11 @@ impl Application {
         .workers(workers)
         .listen(listener)?
         .run();
-        Ok(Application { port, server, first_run })
+        Ok(Application {
+            port,
+            server,
+            first_run,
+        })
     }
 
     pub fn port(&self) -> u16 {

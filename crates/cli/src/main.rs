@@ -82,13 +82,18 @@ fn serve() -> anyhow::Result<()> {
         if let Some(creds) = app.take_first_run_credentials() {
             // Printed once to the terminal, never logged or stored.
             println!();
-            println!("  First start: a platform admin was created. Its password is shown only now.");
+            println!(
+                "  First start: a platform admin was created. Its password is shown only now."
+            );
             println!("    tenant:   platform");
             println!("    email:    {}", creds.email);
             println!("    password: {}", creds.password);
             println!();
         }
-        log::info!("listening on http://{} (docs at /docs, spec at /openapi.json)", display_addr(&addr, app.port()));
+        log::info!(
+            "listening on http://{} (docs at /docs, spec at /openapi.json)",
+            display_addr(&addr, app.port())
+        );
         app.run_until_stopped().await.context("server")
     })
 }
@@ -122,12 +127,15 @@ fn openapi(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         [flag, file] if flag == "--check" => {
-            let committed = std::fs::read_to_string(PathBuf::from(file)).with_context(|| format!("reading {file}"))?;
+            let committed = std::fs::read_to_string(PathBuf::from(file))
+                .with_context(|| format!("reading {file}"))?;
             if committed == spec {
                 println!("{file} matches the code");
                 Ok(())
             } else {
-                bail!("{file} differs from the spec the code generates; run `make openapi` and commit it")
+                bail!(
+                    "{file} differs from the spec the code generates; run `make openapi` and commit it"
+                )
             }
         }
         _ => bail!("usage: crm openapi [--out FILE | --check FILE]"),
@@ -138,7 +146,9 @@ fn bootstrap(args: &[String]) -> anyhow::Result<()> {
     init_logging();
     let (email, from_stdin) = match args {
         [flag, email] if flag == "--email" => (email.clone(), false),
-        [flag, email, stdin] if flag == "--email" && stdin == "--password-stdin" => (email.clone(), true),
+        [flag, email, stdin] if flag == "--email" && stdin == "--password-stdin" => {
+            (email.clone(), true)
+        }
         _ => bail!("usage: crm bootstrap --email EMAIL [--password-stdin]"),
     };
     let email = EmailAddress::parse(&email).map_err(|e| anyhow::anyhow!("--email {}", e.detail))?;
@@ -149,7 +159,8 @@ fn bootstrap(args: &[String]) -> anyhow::Result<()> {
     } else {
         (random_password(), true)
     };
-    let password = Password::parse(&password, &[email.as_str()]).map_err(|e| anyhow::anyhow!("password {}", e.detail))?;
+    let password = Password::parse(&password, &[email.as_str()])
+        .map_err(|e| anyhow::anyhow!("password {}", e.detail))?;
     let settings = Settings::from_env()?;
     runtime()?.block_on(async move {
         let db = open_database(&settings).await?;

@@ -99,7 +99,9 @@ pub async fn create_company(
         updated_at: Set(now),
         version: Set(1),
     };
-    company::Entity::insert(model).exec_without_returning(db).await?;
+    company::Entity::insert(model)
+        .exec_without_returning(db)
+        .await?;
     get_company(db, tenant, id).await
 }
 
@@ -204,17 +206,29 @@ pub async fn delete_company(
     check_version(if_match, current.version)?;
     let tid = tenant.id().as_uuid();
     contact::Entity::update_many()
-        .col_expr(contact::Column::CompanyId, Expr::value(Option::<uuid::Uuid>::None))
+        .col_expr(
+            contact::Column::CompanyId,
+            Expr::value(Option::<uuid::Uuid>::None),
+        )
         .col_expr(contact::Column::UpdatedAt, Expr::value(now))
-        .col_expr(contact::Column::Version, Expr::col(contact::Column::Version).add(1))
+        .col_expr(
+            contact::Column::Version,
+            Expr::col(contact::Column::Version).add(1),
+        )
         .filter(contact::Column::TenantId.eq(tid))
         .filter(contact::Column::CompanyId.eq(id.as_uuid()))
         .exec(&txn)
         .await?;
     order::Entity::update_many()
-        .col_expr(order::Column::CompanyId, Expr::value(Option::<uuid::Uuid>::None))
+        .col_expr(
+            order::Column::CompanyId,
+            Expr::value(Option::<uuid::Uuid>::None),
+        )
         .col_expr(order::Column::UpdatedAt, Expr::value(now))
-        .col_expr(order::Column::Version, Expr::col(order::Column::Version).add(1))
+        .col_expr(
+            order::Column::Version,
+            Expr::col(order::Column::Version).add(1),
+        )
         .filter(order::Column::TenantId.eq(tid))
         .filter(order::Column::CompanyId.eq(id.as_uuid()))
         .exec(&txn)

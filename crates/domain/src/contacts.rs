@@ -79,7 +79,11 @@ pub struct ContactFilter {
 
 const EMAIL_TAKEN: &str = "a contact with this e-mail address exists already";
 
-fn identifiable(first: &Option<String>, last: &Option<String>, email: &Option<String>) -> DomainResult<()> {
+fn identifiable(
+    first: &Option<String>,
+    last: &Option<String>,
+    email: &Option<String>,
+) -> DomainResult<()> {
     if first.is_none() && last.is_none() && email.is_none() {
         return Err(DomainError::invalid(
             "",
@@ -90,7 +94,11 @@ fn identifiable(first: &Option<String>, last: &Option<String>, email: &Option<St
     Ok(())
 }
 
-async fn check_company(db: &impl ConnectionTrait, tenant: &Tenant, id: Option<CompanyId>) -> DomainResult<()> {
+async fn check_company(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    id: Option<CompanyId>,
+) -> DomainResult<()> {
     if let Some(id) = id
         && !company_exists(db, tenant, id).await?
     {
@@ -189,8 +197,14 @@ pub async fn list_contacts(
     if let Some(text) = filter.q.as_deref() {
         q = q.filter(
             sea_orm::Condition::any()
-                .add(lower_like((contact::Entity, contact::Column::FirstName), text))
-                .add(lower_like((contact::Entity, contact::Column::LastName), text))
+                .add(lower_like(
+                    (contact::Entity, contact::Column::FirstName),
+                    text,
+                ))
+                .add(lower_like(
+                    (contact::Entity, contact::Column::LastName),
+                    text,
+                ))
                 .add(lower_like((contact::Entity, contact::Column::Email), text)),
         );
     }
@@ -262,9 +276,15 @@ pub async fn delete_contact(
     check_version(if_match, current.version)?;
     let tid = tenant.id().as_uuid();
     order::Entity::update_many()
-        .col_expr(order::Column::ContactId, Expr::value(Option::<uuid::Uuid>::None))
+        .col_expr(
+            order::Column::ContactId,
+            Expr::value(Option::<uuid::Uuid>::None),
+        )
         .col_expr(order::Column::UpdatedAt, Expr::value(now))
-        .col_expr(order::Column::Version, Expr::col(order::Column::Version).add(1))
+        .col_expr(
+            order::Column::Version,
+            Expr::col(order::Column::Version).add(1),
+        )
         .filter(order::Column::TenantId.eq(tid))
         .filter(order::Column::ContactId.eq(id.as_uuid()))
         .exec(&txn)

@@ -133,7 +133,11 @@ fn totals(lines: &[NewOrderLine]) -> DomainResult<(Vec<i64>, i64)> {
     }
     match (errors.is_empty(), total) {
         (true, Some(total)) => Ok((line_totals, total)),
-        (true, None) => Err(DomainError::invalid("/lines", "amount_too_large", "the order total is too large")),
+        (true, None) => Err(DomainError::invalid(
+            "/lines",
+            "amount_too_large",
+            "the order total is too large",
+        )),
         (false, _) => Err(DomainError::Invalid(errors)),
     }
 }
@@ -146,19 +150,35 @@ async fn check_refs(
 ) -> DomainResult<()> {
     let mut errors = Vec::new();
     if contact.is_none() && company.is_none() {
-        errors.push(FieldError::at("", "party_required", "an order needs a contact_id or a company_id"));
+        errors.push(FieldError::at(
+            "",
+            "party_required",
+            "an order needs a contact_id or a company_id",
+        ));
     }
     if let Some(c) = contact
         && !contact_exists(db, tenant, c).await?
     {
-        errors.push(FieldError::at("/contact_id", "unknown_contact", "no contact with this id exists"));
+        errors.push(FieldError::at(
+            "/contact_id",
+            "unknown_contact",
+            "no contact with this id exists",
+        ));
     }
     if let Some(c) = company
         && !company_exists(db, tenant, c).await?
     {
-        errors.push(FieldError::at("/company_id", "unknown_company", "no company with this id exists"));
+        errors.push(FieldError::at(
+            "/company_id",
+            "unknown_company",
+            "no company with this id exists",
+        ));
     }
-    if errors.is_empty() { Ok(()) } else { Err(DomainError::Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(DomainError::Invalid(errors))
+    }
 }
 
 async fn insert_lines(
@@ -230,7 +250,11 @@ pub async fn create_order(
     Ok(created)
 }
 
-pub async fn get_order(db: &impl ConnectionTrait, tenant: &Tenant, id: OrderId) -> DomainResult<Order> {
+pub async fn get_order(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    id: OrderId,
+) -> DomainResult<Order> {
     let m = order::Entity::find()
         .filter(order::Column::TenantId.eq(tenant.id().as_uuid()))
         .filter(order::Column::Id.eq(id.as_uuid()))
@@ -317,15 +341,27 @@ pub async fn update_order(
         errors.push(FieldError::at(
             "/status",
             "invalid_transition",
-            format!("an order cannot go from {} to {}", current.status.as_str(), status.as_str()),
+            format!(
+                "an order cannot go from {} to {}",
+                current.status.as_str(),
+                status.as_str()
+            ),
         ));
     }
     if !current.status.is_editable() {
         if changes.lines.is_some() {
-            errors.push(FieldError::at("/lines", "order_not_editable", "lines change only while the order is a draft"));
+            errors.push(FieldError::at(
+                "/lines",
+                "order_not_editable",
+                "lines change only while the order is a draft",
+            ));
         }
         if changes.currency.is_some() {
-            errors.push(FieldError::at("/currency", "order_not_editable", "the currency changes only while the order is a draft"));
+            errors.push(FieldError::at(
+                "/currency",
+                "order_not_editable",
+                "the currency changes only while the order is a draft",
+            ));
         }
     }
     if !errors.is_empty() {

@@ -27,18 +27,104 @@ impl std::fmt::Debug for Password {
 /// Common words and patterns behind breached passwords. A candidate is refused when, after
 /// removing digits and symbols, it is nothing but repetitions of one of these.
 const COMMON_WORDS: &[&str] = &[
-    "password", "passw0rd", "passwort", "motdepasse", "contrasena", "qwerty", "qwertz", "azerty",
-    "asdf", "asdfgh", "asdfghjkl", "zxcvbn", "zxcvbnm", "qwertyuiop", "qazwsx", "qazwsxedc",
-    "letmein", "welcome", "admin", "administrator", "root", "login", "user", "guest", "test",
-    "changeme", "secret", "iloveyou", "love", "monkey", "dragon", "master", "football", "baseball",
-    "soccer", "hockey", "basketball", "superman", "batman", "starwars", "trustno", "sunshine",
-    "princess", "shadow", "michael", "jennifer", "jordan", "hunter", "ranger", "buster", "thomas",
-    "charlie", "summer", "winter", "spring", "autumn", "freedom", "whatever", "abc", "abcd",
-    "abcdef", "abcdefgh", "abcdefghijklmnopqrstuvwxyz", "hello", "helloworld", "computer",
-    "internet", "samsung", "google", "microsoft", "apple", "crm", "prospect", "prospectcrm",
-    "company", "default", "temp", "temporary", "access", "master", "mustang", "pokemon", "cheese",
-    "flower", "lovely", "killer", "pepper", "ginger", "cookie", "chocolate", "football", "a",
-    "aa", "x", "q", "z", "p", "correcthorsebatterystaple",
+    "password",
+    "passw0rd",
+    "passwort",
+    "motdepasse",
+    "contrasena",
+    "qwerty",
+    "qwertz",
+    "azerty",
+    "asdf",
+    "asdfgh",
+    "asdfghjkl",
+    "zxcvbn",
+    "zxcvbnm",
+    "qwertyuiop",
+    "qazwsx",
+    "qazwsxedc",
+    "letmein",
+    "welcome",
+    "admin",
+    "administrator",
+    "root",
+    "login",
+    "user",
+    "guest",
+    "test",
+    "changeme",
+    "secret",
+    "iloveyou",
+    "love",
+    "monkey",
+    "dragon",
+    "master",
+    "football",
+    "baseball",
+    "soccer",
+    "hockey",
+    "basketball",
+    "superman",
+    "batman",
+    "starwars",
+    "trustno",
+    "sunshine",
+    "princess",
+    "shadow",
+    "michael",
+    "jennifer",
+    "jordan",
+    "hunter",
+    "ranger",
+    "buster",
+    "thomas",
+    "charlie",
+    "summer",
+    "winter",
+    "spring",
+    "autumn",
+    "freedom",
+    "whatever",
+    "abc",
+    "abcd",
+    "abcdef",
+    "abcdefgh",
+    "abcdefghijklmnopqrstuvwxyz",
+    "hello",
+    "helloworld",
+    "computer",
+    "internet",
+    "samsung",
+    "google",
+    "microsoft",
+    "apple",
+    "crm",
+    "prospect",
+    "prospectcrm",
+    "company",
+    "default",
+    "temp",
+    "temporary",
+    "access",
+    "master",
+    "mustang",
+    "pokemon",
+    "cheese",
+    "flower",
+    "lovely",
+    "killer",
+    "pepper",
+    "ginger",
+    "cookie",
+    "chocolate",
+    "football",
+    "a",
+    "aa",
+    "x",
+    "q",
+    "z",
+    "p",
+    "correcthorsebatterystaple",
 ];
 
 /// Whole passwords seen again and again in breach corpora that pass the length rule.
@@ -66,7 +152,9 @@ impl Password {
         if len < MIN_LENGTH {
             return Err(InvalidValue::new(
                 "password_too_short",
-                format!("must be at least {MIN_LENGTH} characters; a passphrase of several words works well"),
+                format!(
+                    "must be at least {MIN_LENGTH} characters; a passphrase of several words works well"
+                ),
             ));
         }
         if len > MAX_LENGTH {
@@ -121,7 +209,9 @@ fn is_common(raw: &str, context: &[&str]) -> bool {
         .collect();
     words.iter().any(|w| {
         let w: String = w.chars().filter(|c| c.is_alphabetic()).collect();
-        !w.is_empty() && letters.len() % w.len() == 0 && letters == w.repeat(letters.len() / w.len())
+        !w.is_empty()
+            && letters.len().is_multiple_of(w.len())
+            && letters == w.repeat(letters.len() / w.len())
     })
 }
 
@@ -129,7 +219,7 @@ fn is_common(raw: &str, context: &[&str]) -> bool {
 fn is_repetition(s: &str, max_block: usize) -> bool {
     let chars: Vec<char> = s.chars().collect();
     (1..=max_block.min(chars.len() / 2)).any(|block| {
-        chars.len() % block == 0 && chars.chunks(block).all(|c| c == &chars[..block])
+        chars.len().is_multiple_of(block) && chars.chunks(block).all(|c| c == &chars[..block])
     })
 }
 
@@ -137,7 +227,8 @@ fn is_repetition(s: &str, max_block: usize) -> bool {
 fn is_run(s: &str) -> bool {
     let chars: Vec<u32> = s.chars().map(u32::from).collect();
     chars.len() > 2
-        && (chars.windows(2).all(|w| w[1] == w[0] + 1) || chars.windows(2).all(|w| w[0] == w[1] + 1))
+        && (chars.windows(2).all(|w| w[1] == w[0] + 1)
+            || chars.windows(2).all(|w| w[0] == w[1] + 1))
 }
 
 fn hasher() -> Result<Argon2<'static>, DomainError> {
@@ -172,7 +263,8 @@ pub fn verify_password(password: &Password, phc: &str) -> bool {
 /// Spends the same work as a real verification, for accounts that do not exist.
 pub fn dummy_verify(password: &Password) {
     static DUMMY: OnceLock<Option<String>> = OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| hash_password(&Password::unchecked("dummy-password-for-timing")).ok());
+    let dummy =
+        DUMMY.get_or_init(|| hash_password(&Password::unchecked("dummy-password-for-timing")).ok());
     if let Some(phc) = dummy {
         let _ = verify_password(password, phc);
     }
@@ -185,7 +277,9 @@ mod tests {
     #[test]
     fn policy_follows_nist() {
         assert_eq!(
-            Password::parse("short", &[]).map(|_| ()).map_err(|e| e.code),
+            Password::parse("short", &[])
+                .map(|_| ())
+                .map_err(|e| e.code),
             Err("password_too_short")
         );
         for common in [
@@ -211,13 +305,17 @@ mod tests {
 
     #[test]
     fn hashes_verify_and_differ() -> Result<(), DomainError> {
-        let pw = Password::parse("tangerine bicycle under the moon", &[]).map_err(|e| DomainError::Internal(e.detail))?;
+        let pw = Password::parse("tangerine bicycle under the moon", &[])
+            .map_err(|e| DomainError::Internal(e.detail))?;
         let a = hash_password(&pw)?;
         let b = hash_password(&pw)?;
         assert_ne!(a, b, "salted");
         assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(verify_password(&pw, &a));
-        assert!(!verify_password(&Password::unchecked("tangerine bicycle under the sun"), &a));
+        assert!(!verify_password(
+            &Password::unchecked("tangerine bicycle under the sun"),
+            &a
+        ));
         Ok(())
     }
 }

@@ -15,13 +15,13 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use sha2::{Digest, Sha256};
 
+use crate::db;
 use crate::entities::{auth_throttle, password_credential, refresh_token, session, tenant, user};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::passwords::{Password, dummy_verify, verify_password};
 use crate::tenancy::{Principal, Tenant, TenantKind};
 use crate::values::Role;
-use crate::db;
 
 /// Throttling of failed sign-ins. After `free_failures` failures within `window` a key is
 /// locked, for `base_lock` doubled with each further failure, at most `max_lock`.
@@ -119,7 +119,9 @@ async fn locked_for(
     key: &str,
     now: DateTime<Utc>,
 ) -> DomainResult<Option<u64>> {
-    let row = auth_throttle::Entity::find_by_id(key.to_owned()).one(db).await?;
+    let row = auth_throttle::Entity::find_by_id(key.to_owned())
+        .one(db)
+        .await?;
     Ok(row
         .and_then(|r| r.locked_until)
         .filter(|until| *until > now)
@@ -134,9 +136,13 @@ async fn record_failure(
     now: DateTime<Utc>,
 ) -> DomainResult<()> {
     let txn = db::begin_write(db).await?;
-    let row = auth_throttle::Entity::find_by_id(key.clone()).one(&txn).await?;
+    let row = auth_throttle::Entity::find_by_id(key.clone())
+        .one(&txn)
+        .await?;
     let (failures, window_started_at) = match &row {
-        Some(r) if now - r.window_started_at < policy.window => (r.failures + 1, r.window_started_at),
+        Some(r) if now - r.window_started_at < policy.window => {
+            (r.failures + 1, r.window_started_at)
+        }
         _ => (1, now),
     };
     let locked_until = (failures > free).then(|| {
@@ -151,14 +157,24 @@ async fn record_failure(
         locked_until: Set(locked_until),
     };
     let write = if row.is_some() {
-        auth_throttle::Entity::update(model).exec(&txn).await.map(|_| ())
+        auth_throttle::Entity::update(model)
+            .exec(&txn)
+            .await
+            .map(|_| ())
     } else {
-        auth_throttle::Entity::insert(model).exec_without_returning(&txn).await.map(|_| ())
+        auth_throttle::Entity::insert(model)
+            .exec_without_returning(&txn)
+            .await
+            .map(|_| ())
     };
     match write {
         Ok(()) => txn.commit().await?,
         // A concurrent failure created the row first: that one counted.
-        Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {}
+        Err(e)
+            if matches!(
+                e.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) => {}
         Err(e) => return Err(e.into()),
     }
     Ok(())
@@ -176,7 +192,9 @@ pub async fn login(
     let address = address_key(attempt.client_addr);
     for key in [&account, &address] {
         if let Some(secs) = locked_for(db, key, now).await? {
-            return Err(DomainError::Throttled { retry_after_secs: secs });
+            return Err(DomainError::Throttled {
+                retry_after_secs: secs,
+            });
         }
     }
 
@@ -197,11 +215,13 @@ pub async fn login(
         None => None,
     };
     let credential = match &found {
-        Some((_, u)) => password_credential::Entity::find()
-            .filter(password_credential::Column::TenantId.eq(u.tenant_id))
-            .filter(password_credential::Column::UserId.eq(u.id))
-            .one(db)
-            .await?,
+        Some((_, u)) => {
+            password_credential::Entity::find()
+                .filter(password_credential::Column::TenantId.eq(u.tenant_id))
+                .filter(password_credential::Column::UserId.eq(u.id))
+                .one(db)
+                .await?
+        }
         None => None,
     };
 
@@ -223,7 +243,9 @@ pub async fn login(
     };
 
     let txn = db::begin_write(db).await?;
-    auth_throttle::Entity::delete_by_id(account).exec(&txn).await?;
+    auth_throttle::Entity::delete_by_id(account)
+        .exec(&txn)
+        .await?;
     let tenant_id = TenantId::from_uuid(tenant_row.id);
     let user_id = UserId::from_uuid(user_row.id);
     let session_id = SessionId::new();
@@ -316,7 +338,14 @@ pub async fn refresh(
         .await?
         .ok_or(DomainError::Unauthenticated("invalid_refresh_token"))?;
     if token.used_at.is_some() {
-        revoke_session(&txn, token.tenant_id, token.session_id, "refresh_token_reuse", now).await?;
+        revoke_session(
+            &txn,
+            token.tenant_id,
+            token.session_id,
+            "refresh_token_reuse",
+            now,
+        )
+        .await?;
         txn.commit().await?;
         return Err(DomainError::Unauthenticated("refresh_token_reused"));
     }
@@ -331,14 +360,22 @@ pub async fn refresh(
         .await?;
     if spent.rows_affected != 1 {
         // Spent concurrently by another request with the same token: a replay.
-        revoke_session(&txn, token.tenant_id, token.session_id, "refresh_token_reuse", now).await?;
+        revoke_session(
+            &txn,
+            token.tenant_id,
+            token.session_id,
+            "refresh_token_reuse",
+            now,
+        )
+        .await?;
         txn.commit().await?;
         return Err(DomainError::Unauthenticated("refresh_token_reused"));
     }
     let session_id = SessionId::from_uuid(token.session_id);
     let tenant_id = TenantId::from_uuid(token.tenant_id);
     let (session_row, principal) = load_principal(&txn, tenant_id, session_id, now).await?;
-    let next = issue_refresh_token(&txn, tenant_id, session_id, session_row.expires_at, now).await?;
+    let next =
+        issue_refresh_token(&txn, tenant_id, session_id, session_row.expires_at, now).await?;
     txn.commit().await?;
     Ok(IssuedSession {
         principal,
@@ -350,7 +387,11 @@ pub async fn refresh(
 }
 
 /// Ends a session at once: its access tokens are refused on the next request.
-pub async fn logout(db: &DatabaseConnection, principal: &Principal, now: DateTime<Utc>) -> DomainResult<()> {
+pub async fn logout(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
     revoke_session(
         db,
         principal.tenant.id().as_uuid(),
@@ -389,7 +430,8 @@ async fn load_principal(
         .one(db)
         .await?
         .ok_or(DomainError::Unauthenticated("session_ended"))?;
-    let role = Role::parse(&u.role).map_err(|_| DomainError::Internal("unknown role in database".into()))?;
+    let role = Role::parse(&u.role)
+        .map_err(|_| DomainError::Internal("unknown role in database".into()))?;
     let principal = Principal {
         tenant: Tenant::scoped(tenant_id),
         tenant_kind: TenantKind::from_db(&t.kind),

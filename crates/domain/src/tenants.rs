@@ -115,7 +115,17 @@ pub async fn bootstrap_platform(
         }
     };
     let user_id = UserId::new();
-    insert_user(&txn, tenant_id, user_id, email, None, Role::PlatformAdmin, &hash, now).await?;
+    insert_user(
+        &txn,
+        tenant_id,
+        user_id,
+        email,
+        None,
+        Role::PlatformAdmin,
+        &hash,
+        now,
+    )
+    .await?;
     txn.commit().await?;
     Ok(Bootstrapped { tenant_id, user_id })
 }
@@ -144,7 +154,13 @@ pub(crate) async fn insert_user(
     })
     .exec_without_returning(db)
     .await
-    .map_err(|e| conflict_on_unique(e, "email_taken", "a user with this e-mail exists in the tenant"))?;
+    .map_err(|e| {
+        conflict_on_unique(
+            e,
+            "email_taken",
+            "a user with this e-mail exists in the tenant",
+        )
+    })?;
     password_credential::Entity::insert(password_credential::ActiveModel {
         user_id: Set(user_id.as_uuid()),
         tenant_id: Set(tenant_id.as_uuid()),

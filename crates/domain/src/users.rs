@@ -38,8 +38,9 @@ impl User {
             tenant_id: TenantId::from_uuid(m.tenant_id),
             email: m.email,
             display_name: m.display_name,
-            role: Role::parse(&m.role)
-                .map_err(|_| DomainError::Internal(format!("unknown role in database: {}", m.role)))?,
+            role: Role::parse(&m.role).map_err(|_| {
+                DomainError::Internal(format!("unknown role in database: {}", m.role))
+            })?,
             active: m.active,
             created_at: m.created_at,
             updated_at: m.updated_at,
@@ -88,7 +89,11 @@ pub async fn create_user(
     Ok(user)
 }
 
-pub async fn get_user(db: &impl ConnectionTrait, tenant: &Tenant, id: UserId) -> DomainResult<User> {
+pub async fn get_user(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    id: UserId,
+) -> DomainResult<User> {
     user::Entity::find()
         .filter(user::Column::TenantId.eq(tenant.id().as_uuid()))
         .filter(user::Column::Id.eq(id.as_uuid()))
@@ -227,7 +232,10 @@ pub async fn change_own_password(
         .await?;
     session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(now))
-        .col_expr(session::Column::RevokeReason, Expr::value("password_changed"))
+        .col_expr(
+            session::Column::RevokeReason,
+            Expr::value("password_changed"),
+        )
         .filter(session::Column::TenantId.eq(tenant.id().as_uuid()))
         .filter(session::Column::UserId.eq(principal.user_id.as_uuid()))
         .filter(session::Column::Id.ne(principal.session_id.as_uuid()))

@@ -392,7 +392,10 @@ mod tests {
         assert_eq!(text("  Ada ", 1, 10).ok().as_deref(), Some("Ada"));
         assert_eq!(text("   ", 1, 10).map_err(|e| e.code), Err("blank"));
         assert_eq!(text("abcdef", 1, 5).map_err(|e| e.code), Err("too_long"));
-        assert_eq!(text("a\u{0}b", 1, 5).map_err(|e| e.code), Err("invalid_characters"));
+        assert_eq!(
+            text("a\u{0}b", 1, 5).map_err(|e| e.code),
+            Err("invalid_characters")
+        );
     }
 
     #[test]

@@ -1,1 +1,9 @@
+//! End-to-end tests: a real server on port 0, real SQLite and PostgreSQL databases.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod crm;
+mod errors;
+mod isolation;
+mod quickstart;

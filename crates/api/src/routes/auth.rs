@@ -89,14 +89,19 @@ pub async fn login(
     let email = i.string("email", true, text(1, 254));
     let password = i.string("password", true, |raw| {
         if raw.is_empty() || raw.chars().count() > crm_domain::passwords::MAX_LENGTH {
-            Err(crm_domain::InvalidValue::new("invalid_length", "must be 1 to 256 characters"))
+            Err(crm_domain::InvalidValue::new(
+                "invalid_length",
+                "must be 1 to 256 characters",
+            ))
         } else {
             Ok(raw.to_owned())
         }
     });
     i.finish()?;
     let (Some(tenant), Some(email), Some(password)) = (tenant, email, password) else {
-        return Err(ApiError::Internal(anyhow::anyhow!("validated login incomplete")));
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "validated login incomplete"
+        )));
     };
     let addr = client_addr(&req, state.settings.trust_forwarded_for);
     let attempt = LoginAttempt {
@@ -105,7 +110,8 @@ pub async fn login(
         password: Password::unchecked(&password),
         client_addr: &addr,
     };
-    let session = sessions::login(&state.db, attempt, &state.session_policy, state.clock.now()).await?;
+    let session =
+        sessions::login(&state.db, attempt, &state.session_policy, state.clock.now()).await?;
     tokens(&state, &session)
 }
 
@@ -120,7 +126,10 @@ pub async fn login(
     )
 )]
 #[post("/auth/refresh")]
-pub async fn refresh(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+pub async fn refresh(
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     let mut i = Input::body(&body, &["refresh_token"])?;
     let token = i.string("refresh_token", true, text(1, 200));
     i.finish()?;
@@ -201,10 +210,14 @@ pub async fn change_password(
     let user = users::get_user(&state.db, &p.tenant, p.user_id).await?;
     let mut i = Input::body(&body, &["current_password", "new_password"])?;
     let current = i.string("current_password", true, |raw| Ok(Password::unchecked(raw)));
-    let new = i.string("new_password", true, |raw| Password::parse(raw, &[&user.email]));
+    let new = i.string("new_password", true, |raw| {
+        Password::parse(raw, &[&user.email])
+    });
     i.finish()?;
     let (Some(current), Some(new)) = (current, new) else {
-        return Err(ApiError::Internal(anyhow::anyhow!("validated password change incomplete")));
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "validated password change incomplete"
+        )));
     };
     users::change_own_password(&state.db, &p, &current, &new, state.clock.now()).await?;
     Ok(HttpResponse::NoContent().finish())

@@ -106,7 +106,8 @@ pub async fn create_company(
         phone,
         industry,
     };
-    let company = companies::create_company(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
+    let company =
+        companies::create_company(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
     let version = company.version;
     let out = CompanyOut::from(company);
     Ok(created(format!("/v1/companies/{}", out.id), &out, version))
@@ -166,7 +167,11 @@ pub async fn get_company(
     let id = CompanyId::from_uuid(path_id("company", &id)?);
     let company = companies::get_company(&state.db, &caller.0.tenant, id).await?;
     let version = company.version;
-    Ok(with_etag(StatusCode::OK, &CompanyOut::from(company), version))
+    Ok(with_etag(
+        StatusCode::OK,
+        &CompanyOut::from(company),
+        version,
+    ))
 }
 
 /// Change a company (JSON Merge Patch).
@@ -199,10 +204,21 @@ pub async fn update_company(
         industry: i.patch_string("industry", true, text(1, 100)),
     };
     i.finish()?;
-    let company =
-        companies::update_company(&state.db, &caller.0.tenant, id, changes, expected, state.clock.now()).await?;
+    let company = companies::update_company(
+        &state.db,
+        &caller.0.tenant,
+        id,
+        changes,
+        expected,
+        state.clock.now(),
+    )
+    .await?;
     let version = company.version;
-    Ok(with_etag(StatusCode::OK, &CompanyOut::from(company), version))
+    Ok(with_etag(
+        StatusCode::OK,
+        &CompanyOut::from(company),
+        version,
+    ))
 }
 
 /// Delete a company. Its contacts and orders stay, without the link.

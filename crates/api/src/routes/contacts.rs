@@ -90,12 +90,21 @@ pub struct ContactPatch {
 
 list_type!(ContactList, ContactOut);
 
-const FIELDS: &[&str] = &["company_id", "first_name", "last_name", "email", "phone", "job_title"];
+const FIELDS: &[&str] = &[
+    "company_id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "job_title",
+];
 
 fn read_new(body: &Value) -> Result<NewContact, ApiError> {
     let mut i = Input::body(body, FIELDS)?;
     let input = NewContact {
-        company_id: i.string("company_id", false, input::uuid).map(CompanyId::from_uuid),
+        company_id: i
+            .string("company_id", false, input::uuid)
+            .map(CompanyId::from_uuid),
         first_name: i.string("first_name", false, text(1, 100)),
         last_name: i.string("last_name", false, text(1, 100)),
         email: i.string("email", false, EmailAddress::parse),
@@ -109,7 +118,9 @@ fn read_new(body: &Value) -> Result<NewContact, ApiError> {
 fn read_patch(body: &Value) -> Result<ContactChanges, ApiError> {
     let mut i = Input::body(body, FIELDS)?;
     let changes = ContactChanges {
-        company_id: i.patch_string("company_id", true, input::uuid).map(CompanyId::from_uuid),
+        company_id: i
+            .patch_string("company_id", true, input::uuid)
+            .map(CompanyId::from_uuid),
         first_name: i.patch_string("first_name", true, text(1, 100)),
         last_name: i.patch_string("last_name", true, text(1, 100)),
         email: i.patch_string("email", true, EmailAddress::parse),
@@ -138,7 +149,8 @@ pub async fn create_contact(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let input = read_new(&body)?;
-    let contact = contacts::create_contact(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
+    let contact =
+        contacts::create_contact(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
     let version = contact.version;
     let out = ContactOut::from(contact);
     Ok(created(format!("/v1/contacts/{}", out.id), &out, version))
@@ -187,7 +199,11 @@ pub async fn list_contacts(
             .parse("company_id", query.company_id.as_deref(), input::uuid)
             .map(CompanyId::from_uuid),
         q: errs.parse("q", query.q.as_deref(), text(1, 200)),
-        updated_since: errs.parse("updated_since", query.updated_since.as_deref(), input::timestamp),
+        updated_since: errs.parse(
+            "updated_since",
+            query.updated_since.as_deref(),
+            input::timestamp,
+        ),
     };
     errs.finish()?;
     let page = contacts::list_contacts(&state.db, &caller.0.tenant, filter, page).await?;
@@ -211,7 +227,11 @@ pub async fn get_contact(
     let id = ContactId::from_uuid(path_id("contact", &id)?);
     let contact = contacts::get_contact(&state.db, &caller.0.tenant, id).await?;
     let version = contact.version;
-    Ok(with_etag(StatusCode::OK, &ContactOut::from(contact), version))
+    Ok(with_etag(
+        StatusCode::OK,
+        &ContactOut::from(contact),
+        version,
+    ))
 }
 
 /// Change a contact (JSON Merge Patch). Send `If-Match` with the `ETag` you read to refuse
@@ -241,10 +261,21 @@ pub async fn update_contact(
     let id = ContactId::from_uuid(path_id("contact", &id)?);
     let expected = if_match(&req)?;
     let changes = read_patch(&body)?;
-    let contact =
-        contacts::update_contact(&state.db, &caller.0.tenant, id, changes, expected, state.clock.now()).await?;
+    let contact = contacts::update_contact(
+        &state.db,
+        &caller.0.tenant,
+        id,
+        changes,
+        expected,
+        state.clock.now(),
+    )
+    .await?;
     let version = contact.version;
-    Ok(with_etag(StatusCode::OK, &ContactOut::from(contact), version))
+    Ok(with_etag(
+        StatusCode::OK,
+        &ContactOut::from(contact),
+        version,
+    ))
 }
 
 /// Delete a contact. Its orders stay, without the link.

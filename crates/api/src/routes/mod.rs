@@ -89,7 +89,9 @@ impl QueryErrors {
                         Ok(f) if f.fract() == 0.0 && f.abs() < 1e9 => Ok(f as i64),
                         _ => Err(()),
                     })
-                    .map_err(|_| crm_domain::InvalidValue::new("invalid_type", "must be an integer"))?;
+                    .map_err(|_| {
+                        crm_domain::InvalidValue::new("invalid_type", "must be an integer")
+                    })?;
                 PageRequest::parse_limit(Some(n))
             })
             .unwrap_or(crm_domain::pagination::DEFAULT_LIMIT);

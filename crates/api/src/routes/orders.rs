@@ -5,8 +5,8 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use crm_domain::ids::{CompanyId, ContactId, OrderId};
 use crm_domain::orders::{
-    self, MAX_LINES, MAX_QUANTITY, MAX_UNIT_PRICE_MINOR, NewOrder, NewOrderLine, Order, OrderChanges,
-    OrderFilter,
+    self, MAX_LINES, MAX_QUANTITY, MAX_UNIT_PRICE_MINOR, NewOrder, NewOrderLine, Order,
+    OrderChanges, OrderFilter,
 };
 use crm_domain::values::{CurrencyCode, OrderStatus};
 use serde::{Deserialize, Serialize};
@@ -205,14 +205,22 @@ pub async fn create_order(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let mut i = Input::body(&body, FIELDS)?;
-    let contact_id = i.string("contact_id", false, input::uuid).map(ContactId::from_uuid);
-    let company_id = i.string("company_id", false, input::uuid).map(CompanyId::from_uuid);
-    let status = i.string("status", false, OrderStatus::parse).unwrap_or(OrderStatus::Draft);
+    let contact_id = i
+        .string("contact_id", false, input::uuid)
+        .map(ContactId::from_uuid);
+    let company_id = i
+        .string("company_id", false, input::uuid)
+        .map(CompanyId::from_uuid);
+    let status = i
+        .string("status", false, OrderStatus::parse)
+        .unwrap_or(OrderStatus::Draft);
     let currency = i.string("currency", true, CurrencyCode::parse);
     let lines = read_lines(&mut i);
     i.finish()?;
     let (Some(currency), Some(lines)) = (currency, lines) else {
-        return Err(ApiError::Internal(anyhow::anyhow!("validated order input incomplete")));
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "validated order input incomplete"
+        )));
     };
     let input = NewOrder {
         contact_id,
@@ -270,7 +278,11 @@ pub async fn list_orders(
             .parse("company_id", query.company_id.as_deref(), input::uuid)
             .map(CompanyId::from_uuid),
         status: errs.parse("status", query.status.as_deref(), OrderStatus::parse),
-        placed_since: errs.parse("placed_since", query.placed_since.as_deref(), input::timestamp),
+        placed_since: errs.parse(
+            "placed_since",
+            query.placed_since.as_deref(),
+            input::timestamp,
+        ),
     };
     errs.finish()?;
     let page = orders::list_orders(&state.db, &caller.0.tenant, filter, page).await?;
@@ -322,14 +334,34 @@ pub async fn update_order(
     let expected = if_match(&req)?;
     let mut i = Input::body(&body, FIELDS)?;
     let changes = OrderChanges {
-        contact_id: i.patch_string("contact_id", true, input::uuid).map(ContactId::from_uuid),
-        company_id: i.patch_string("company_id", true, input::uuid).map(CompanyId::from_uuid),
-        status: i.patch_string("status", false, OrderStatus::parse).apply_to(None),
-        currency: i.patch_string("currency", false, CurrencyCode::parse).apply_to(None),
-        lines: if i.has("lines") { read_lines(&mut i) } else { None },
+        contact_id: i
+            .patch_string("contact_id", true, input::uuid)
+            .map(ContactId::from_uuid),
+        company_id: i
+            .patch_string("company_id", true, input::uuid)
+            .map(CompanyId::from_uuid),
+        status: i
+            .patch_string("status", false, OrderStatus::parse)
+            .apply_to(None),
+        currency: i
+            .patch_string("currency", false, CurrencyCode::parse)
+            .apply_to(None),
+        lines: if i.has("lines") {
+            read_lines(&mut i)
+        } else {
+            None
+        },
     };
     i.finish()?;
-    let order = orders::update_order(&state.db, &caller.0.tenant, id, changes, expected, state.clock.now()).await?;
+    let order = orders::update_order(
+        &state.db,
+        &caller.0.tenant,
+        id,
+        changes,
+        expected,
+        state.clock.now(),
+    )
+    .await?;
     let version = order.version;
     Ok(with_etag(StatusCode::OK, &OrderOut::from(order), version))
 }

@@ -118,12 +118,22 @@ pub async fn create_tenant(
         None | Some(Value::Null) => i.error("admin", "required", "is required"),
         Some(value) => {
             let mut errors = Vec::new();
-            if let Some(mut a) = Input::nested(value, &i.pointer("admin"), &["email", "display_name", "password"], &mut errors) {
+            if let Some(mut a) = Input::nested(
+                value,
+                &i.pointer("admin"),
+                &["email", "display_name", "password"],
+                &mut errors,
+            ) {
                 let email = a.string("email", true, EmailAddress::parse);
                 let display_name = a.string("display_name", false, text(1, 200));
                 let context = [
-                    email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default(),
-                    slug.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    email
+                        .as_ref()
+                        .map(|e| e.as_str().to_owned())
+                        .unwrap_or_default(),
+                    slug.as_ref()
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default(),
                 ];
                 let password = a.string("password", true, |raw| {
                     Password::parse(raw, &[&context[0], &context[1]])
@@ -137,8 +147,12 @@ pub async fn create_tenant(
         }
     }
     i.finish()?;
-    let (Some(slug), Some(name), Some((admin_email, admin_display_name, admin_password))) = (slug, name, admin) else {
-        return Err(ApiError::Internal(anyhow::anyhow!("validated tenant input incomplete")));
+    let (Some(slug), Some(name), Some((admin_email, admin_display_name, admin_password))) =
+        (slug, name, admin)
+    else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "validated tenant input incomplete"
+        )));
     };
     let input = NewTenant {
         slug,
@@ -153,7 +167,11 @@ pub async fn create_tenant(
         tenant: TenantOut::from(tenant),
         admin_user_id: admin_id.as_uuid(),
     };
-    Ok(created(format!("/v1/tenants/{}", out.tenant.id), &out, version))
+    Ok(created(
+        format!("/v1/tenants/{}", out.tenant.id),
+        &out,
+        version,
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -231,10 +249,15 @@ pub async fn update_tenant(
     let mut i = Input::body(&body, &["name", "active"])?;
     let changes = TenantChanges {
         name: i.patch_string("name", false, text(1, 200)).apply_to(None),
-        active: if i.has("active") { i.boolean("active", true) } else { None },
+        active: if i.has("active") {
+            i.boolean("active", true)
+        } else {
+            None
+        },
     };
     i.finish()?;
-    let tenant = tenants::update_tenant(&state.db, id, changes, expected, state.clock.now()).await?;
+    let tenant =
+        tenants::update_tenant(&state.db, id, changes, expected, state.clock.now()).await?;
     let version = tenant.version;
     Ok(with_etag(StatusCode::OK, &TenantOut::from(tenant), version))
 }

@@ -106,11 +106,16 @@ pub async fn create_user(
     let email = i.string("email", true, EmailAddress::parse);
     let display_name = i.string("display_name", false, text(1, 200));
     let role = i.string("role", true, Role::parse_tenant_role);
-    let context = email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default();
+    let context = email
+        .as_ref()
+        .map(|e| e.as_str().to_owned())
+        .unwrap_or_default();
     let password = i.string("password", true, |raw| Password::parse(raw, &[&context]));
     i.finish()?;
     let (Some(email), Some(role), Some(password)) = (email, role, password) else {
-        return Err(ApiError::Internal(anyhow::anyhow!("validated user input incomplete")));
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "validated user input incomplete"
+        )));
     };
     let input = NewUser {
         email,
@@ -203,11 +208,25 @@ pub async fn update_user(
     let mut i = Input::body(&body, &["display_name", "role", "active"])?;
     let changes = UserChanges {
         display_name: i.patch_string("display_name", true, text(1, 200)),
-        role: i.patch_string("role", false, Role::parse_tenant_role).apply_to(None),
-        active: if i.has("active") { i.boolean("active", true) } else { None },
+        role: i
+            .patch_string("role", false, Role::parse_tenant_role)
+            .apply_to(None),
+        active: if i.has("active") {
+            i.boolean("active", true)
+        } else {
+            None
+        },
     };
     i.finish()?;
-    let user = users::update_user(&state.db, &caller.0.tenant, id, changes, expected, state.clock.now()).await?;
+    let user = users::update_user(
+        &state.db,
+        &caller.0.tenant,
+        id,
+        changes,
+        expected,
+        state.clock.now(),
+    )
+    .await?;
     let version = user.version;
     Ok(with_etag(StatusCode::OK, &UserOut::from(user), version))
 }

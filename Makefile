@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is for contributors.
+
+CARGO ?= cargo
+# PostgreSQL for the test suite; tests create and drop their own databases on it.
+export CRM_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+
+.PHONY: run test build fmt fmt-check clippy unit e2e openapi openapi-check nextest-available clean
+
+## Start the API on 127.0.0.1:8080 with the embedded SQLite database under ./var/.
+run:
+	$(CARGO) run -p crm -- serve
+
+## Format and lint checks, unit tests, end-to-end tests on SQLite and PostgreSQL, spec drift.
+test: fmt-check clippy openapi-check
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+build:
+	$(CARGO) build --workspace
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Regenerate the committed OpenAPI document from the code.
+openapi:
+	$(CARGO) run -q -p crm -- openapi --out openapi/openapi.json
+
+## Fail when the committed OpenAPI document differs from the code.
+openapi-check:
+	$(CARGO) run -q -p crm -- openapi --check openapi/openapi.json
+
+clean:
+	$(CARGO) clean
+	rm -rf var
