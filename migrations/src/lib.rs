@@ -6,12 +6,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261130_000001_foundation;
+mod m20261130_000002_gdpr;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261130_000001_foundation::Migration)]
+        vec![
+            Box::new(m20261130_000001_foundation::Migration),
+            Box::new(m20261130_000002_gdpr::Migration),
+        ]
     }
 }

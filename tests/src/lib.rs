@@ -42,6 +42,58 @@ fn replace_db_name(url: &str, name: &str) -> String {
     }
 }
 
+/// A database made for one test: a SQLite file in a temporary folder or a PostgreSQL database.
+pub struct TestDb {
+    pub url: String,
+    pub dir: PathBuf,
+    pg_db: Option<String>,
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> TestDb {
+        let id = random_hex(24);
+        let dir = std::env::temp_dir().join(format!("crm-test-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}?mode=rwc", dir.join("crm.db").display()),
+                dir,
+                pg_db: None,
+            },
+            Backend::Postgres => {
+                let name = format!("crm_test_{id}");
+                let admin = sea_orm::Database::connect(postgres_admin_url())
+                    .await
+                    .expect("PostgreSQL must be reachable at CRM_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .unwrap();
+                admin.close().await.ok();
+                TestDb {
+                    url: replace_db_name(&postgres_admin_url(), &name),
+                    dir,
+                    pg_db: Some(name),
+                }
+            }
+        }
+    }
+
+    /// Drops the database (closing other connections) and removes the folder.
+    pub async fn drop_database(&self) {
+        if let Some(name) = &self.pg_db
+            && let Ok(admin) = sea_orm::Database::connect(postgres_admin_url()).await
+        {
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await
+                .ok();
+            admin.close().await.ok();
+        }
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -50,8 +102,7 @@ pub struct TestApp {
     pub admin_password: String,
     pub key_dir: PathBuf,
     pub settings: Settings,
-    dir: PathBuf,
-    pg_db: Option<String>,
+    db: TestDb,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -82,31 +133,11 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, throttle: ThrottlePolicy) -> TestApp {
-        let id = random_hex(24);
-        let dir = std::env::temp_dir().join(format!("crm-test-{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (database_url, pg_db) = match backend {
-            Backend::Sqlite => (
-                format!("sqlite://{}?mode=rwc", dir.join("crm.db").display()),
-                None,
-            ),
-            Backend::Postgres => {
-                let name = format!("crm_test_{id}");
-                let admin = sea_orm::Database::connect(postgres_admin_url())
-                    .await
-                    .expect("PostgreSQL must be reachable at CRM_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                    .await
-                    .unwrap();
-                admin.close().await.ok();
-                (replace_db_name(&postgres_admin_url(), &name), Some(name))
-            }
-        };
+        let db = TestDb::create(backend).await;
         let mut settings = Settings::development();
-        settings.database_url = database_url;
+        settings.database_url = db.url.clone();
         settings.listen_addr = "127.0.0.1:0".into();
-        settings.key_dir = dir.join("keys");
+        settings.key_dir = db.dir.join("keys");
         settings.workers = 1;
         settings.issuer = "http://crm.test".into();
         let mut app =
@@ -130,8 +161,7 @@ impl TestApp {
             admin_password: creds.password,
             key_dir: settings.key_dir.clone(),
             settings,
-            dir,
-            pg_db,
+            db,
             handle,
         }
     }
@@ -139,16 +169,7 @@ impl TestApp {
     /// Stops the server and removes its database.
     pub async fn cleanup(self) {
         self.handle.stop(false).await;
-        if let Some(name) = &self.pg_db
-            && let Ok(admin) = sea_orm::Database::connect(postgres_admin_url()).await
-        {
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await
-                .ok();
-            admin.close().await.ok();
-        }
-        std::fs::remove_dir_all(&self.dir).ok();
+        self.db.drop_database().await;
     }
 
     pub fn url(&self, path: &str) -> String {

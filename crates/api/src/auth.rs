@@ -21,6 +21,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::problem::ApiError;
+use actix_web::HttpMessage;
+use crm_domain::audit::Actor;
+
+/// The request id, put in the request's extensions by the access-log middleware.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
 use crate::state::AppState;
 
 pub const TOKEN_TYPE: &str = "at+jwt";
@@ -146,7 +152,7 @@ async fn authenticate(req: HttpRequest) -> Result<Principal, ApiError> {
 macro_rules! caller_type {
     ($(#[$meta:meta])* $name:ident, $allowed:expr, $denied:literal) => {
         $(#[$meta])*
-        pub struct $name(pub Principal);
+        pub struct $name(pub Principal, pub Actor);
 
         impl FromRequest for $name {
             type Error = ApiError;
@@ -155,10 +161,12 @@ macro_rules! caller_type {
             fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
                 let req = req.clone();
                 Box::pin(async move {
+                    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
                     let principal = authenticate(req).await?;
                     let allowed: fn(&Principal) -> bool = $allowed;
                     if allowed(&principal) {
-                        Ok($name(principal))
+                        let actor = Actor::user(&principal, request_id);
+                        Ok($name(principal, actor))
                     } else {
                         Err(ApiError::forbidden($denied))
                     }
@@ -185,6 +193,12 @@ caller_type!(
     CrmWriter,
     |p| p.tenant_kind == TenantKind::Customer && p.role.can_write_crm(),
     "changing CRM records needs the admin, dpo or member role"
+);
+caller_type!(
+    /// May run GDPR operations: tenant admin or dpo.
+    GdprOfficer,
+    |p| p.tenant_kind == TenantKind::Customer && matches!(p.role, Role::Admin | Role::Dpo),
+    "GDPR operations need the admin or dpo role"
 );
 caller_type!(
     /// A tenant admin.

@@ -175,3 +175,43 @@ fn list_keys(dir: &Path) -> Result<Vec<String>, KeyError> {
     }
     Ok(kids)
 }
+
+const SUPPRESSION_FILE: &str = "suppression.secret";
+
+/// Loads the suppression secret (64 hex characters in `<key dir>/suppression.secret`),
+/// generating it in development. Losing it makes existing suppression entries unmatchable.
+pub fn load_suppression_secret(
+    dir: &Path,
+    generate: bool,
+) -> Result<crm_domain::suppression::SuppressionSecret, KeyError> {
+    let display = dir.display().to_string();
+    let path = dir.join(SUPPRESSION_FILE);
+    if !path.exists() {
+        if !generate {
+            return Err(KeyError::Missing(format!(
+                "{display} (no {SUPPRESSION_FILE}: 32 random bytes as 64 hex characters)"
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| KeyError::Io(display.clone(), e))?;
+        let mut bytes = [0u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&path, hex.as_bytes()).map_err(|e| KeyError::Io(display.clone(), e))?;
+        log::warn!("generated a development suppression secret in {display}");
+    }
+    let raw = std::fs::read_to_string(&path).map_err(|e| KeyError::Io(display.clone(), e))?;
+    let raw = raw.trim();
+    let bytes: Option<Vec<u8>> = (raw.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(&raw[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        })
+        .flatten();
+    let bytes: [u8; 32] = bytes
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| KeyError::Format(path.display().to_string()))?;
+    Ok(crm_domain::suppression::SuppressionSecret::from_bytes(
+        bytes,
+    ))
+}

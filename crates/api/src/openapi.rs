@@ -23,6 +23,7 @@ Lists use cursor pagination; writes honour `If-Match`.",
         (name = "companies", description = "Companies"),
         (name = "contacts", description = "Contacts (data subjects)"),
         (name = "orders", description = "Orders and order lines"),
+        (name = "gdpr", description = "Data-subject rights, suppression, settings and the audit trail (admin, dpo)"),
         (name = "meta", description = "Health and signing keys"),
     )
 )]

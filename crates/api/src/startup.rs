@@ -10,7 +10,7 @@ use actix_web::dev::{Server, Service, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{App, HttpRequest, HttpServer, web};
+use actix_web::{App, HttpMessage, HttpRequest, HttpServer, web};
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -26,7 +26,9 @@ use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
 use crate::config::{Environment, Settings};
 use crate::keys::KeyStore;
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
-use crate::routes::{auth, companies, contacts, meta, orders, tenants as tenant_routes, users};
+use crate::routes::{
+    auth, companies, contacts, gdpr, meta, orders, tenants as tenant_routes, users,
+};
 use crate::state::AppState;
 
 /// Every documented route. The router and the OpenAPI document are both built from this.
@@ -60,7 +62,16 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(orders::list_orders)
             .service(orders::get_order)
             .service(orders::update_order)
-            .service(orders::delete_order),
+            .service(orders::delete_order)
+            .service(gdpr::export_contact)
+            .service(gdpr::redact_contact)
+            .service(gdpr::erase_contact)
+            .service(gdpr::set_legal_hold)
+            .service(gdpr::release_legal_hold)
+            .service(gdpr::check_suppression)
+            .service(gdpr::get_settings)
+            .service(gdpr::put_settings)
+            .service(gdpr::list_audit_events),
     );
 }
 
@@ -354,6 +365,8 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let db = open_database(&settings).await?;
         let keys = KeyStore::load(&settings.key_dir, settings.may_generate_keys())?;
+        let suppression =
+            crate::keys::load_suppression_secret(&settings.key_dir, settings.may_generate_keys())?;
         let first_run = first_run(&db, &settings, clock.now()).await?;
         let listener = TcpListener::bind(&settings.listen_addr)
             .with_context(|| format!("binding {}", settings.listen_addr))?;
@@ -370,6 +383,7 @@ impl Application {
             settings,
             clock,
             session_policy,
+            suppression,
         });
         let spec = openapi_spec();
         let spec_json = web::Data::new(SpecJson(serde_json::to_string_pretty(&spec)?));
@@ -399,6 +413,7 @@ impl Application {
                         .and_then(valid_request_id)
                         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                     let method = req.method().clone();
+                    req.extensions_mut().insert(crate::auth::RequestId(request_id.clone()));
                     let fut = srv.call(req);
                     async move {
                         let res = fut.await?;

@@ -15,4 +15,6 @@ pub struct AppState {
     pub settings: Settings,
     pub clock: Arc<dyn Clock>,
     pub session_policy: SessionPolicy,
+    /// Derives each tenant's key for suppression-list digests; kept outside the database.
+    pub suppression: crm_domain::suppression::SuppressionSecret,
 }

@@ -8,6 +8,7 @@ use sea_orm::{
     QuerySelect,
 };
 
+use crate::audit::{self, Actor, Event};
 use crate::entities::{company, contact, order};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::CompanyId;
@@ -85,8 +86,10 @@ pub async fn create_company(
     db: &DatabaseConnection,
     tenant: &Tenant,
     input: NewCompany,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Company> {
+    let txn = db::begin_write(db).await?;
     let id = CompanyId::new();
     let model = company::ActiveModel {
         id: Set(id.as_uuid()),
@@ -100,9 +103,24 @@ pub async fn create_company(
         version: Set(1),
     };
     company::Entity::insert(model)
-        .exec_without_returning(db)
+        .exec_without_returning(&txn)
         .await?;
-    get_company(db, tenant, id).await
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "company.created",
+            object_type: "company",
+            object_id: Some(id.as_uuid()),
+            details: None,
+        },
+        now,
+    )
+    .await?;
+    let created = get_company(&txn, tenant, id).await?;
+    txn.commit().await?;
+    Ok(created)
 }
 
 pub async fn get_company(
@@ -165,6 +183,7 @@ pub async fn update_company(
     id: CompanyId,
     changes: CompanyChanges,
     if_match: Option<i32>,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Company> {
     let txn = db::begin_write(db).await?;
@@ -188,6 +207,19 @@ pub async fn update_company(
     if result.rows_affected != 1 {
         return Err(DomainError::PreconditionFailed);
     }
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "company.updated",
+            object_type: "company",
+            object_id: Some(id.as_uuid()),
+            details: None,
+        },
+        now,
+    )
+    .await?;
     let company = get_company(&txn, tenant, id).await?;
     txn.commit().await?;
     Ok(company)
@@ -199,6 +231,7 @@ pub async fn delete_company(
     tenant: &Tenant,
     id: CompanyId,
     if_match: Option<i32>,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<()> {
     let txn = db::begin_write(db).await?;
@@ -242,6 +275,19 @@ pub async fn delete_company(
     if deleted.rows_affected != 1 {
         return Err(DomainError::PreconditionFailed);
     }
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "company.deleted",
+            object_type: "company",
+            object_id: Some(id.as_uuid()),
+            details: None,
+        },
+        now,
+    )
+    .await?;
     txn.commit().await?;
     Ok(())
 }

@@ -8,11 +8,13 @@ use sea_orm::{
     QuerySelect,
 };
 
+use crate::audit::{self, Actor, Event};
 use crate::companies::{company_exists, lower_like};
 use crate::entities::{contact, order};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{CompanyId, ContactId};
 use crate::pagination::{Page, PageRequest};
+use crate::suppression::{SuppressionSecret, is_suppressed};
 use crate::tenancy::Tenant;
 use crate::values::{EmailAddress, Patch};
 use crate::{check_version, conflict_on_unique, db};
@@ -29,6 +31,16 @@ pub struct Contact {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i32,
+    pub legal_hold: bool,
+    /// Set once the contact was redacted: identifying values are placeholders.
+    pub redacted_at: Option<DateTime<Utc>>,
+}
+
+/// Creating or changing a contact's e-mail to a suppressed (erased) address is refused unless
+/// the caller overrides with a reason, which is recorded in the audit trail.
+pub struct SuppressionGate<'a> {
+    pub secret: &'a SuppressionSecret,
+    pub override_reason: Option<String>,
 }
 
 impl From<contact::Model> for Contact {
@@ -44,6 +56,8 @@ impl From<contact::Model> for Contact {
             created_at: m.created_at,
             updated_at: m.updated_at,
             version: m.version,
+            legal_hold: m.legal_hold,
+            redacted_at: m.redacted_at,
         }
     }
 }
@@ -75,6 +89,30 @@ pub struct ContactFilter {
     /// Case-insensitive substring of first name, last name or e-mail.
     pub q: Option<String>,
     pub updated_since: Option<DateTime<Utc>>,
+}
+
+/// Refuses a suppressed address unless overridden; returns the audit details of an override.
+async fn check_suppression(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    email: Option<&EmailAddress>,
+    gate: &SuppressionGate<'_>,
+) -> DomainResult<Option<serde_json::Value>> {
+    let Some(email) = email else { return Ok(None) };
+    if !is_suppressed(db, gate.secret, tenant, email).await? {
+        return Ok(None);
+    }
+    match &gate.override_reason {
+        Some(reason) => Ok(Some(
+            serde_json::json!({"suppression_overridden": true, "reason": reason}),
+        )),
+        None => Err(DomainError::Conflict {
+            code: "email_suppressed",
+            detail: "this address belongs to an erased person and is suppressed; \
+                     send suppression_override_reason to record why it may be stored again"
+                .into(),
+        }),
+    }
 }
 
 const EMAIL_TAKEN: &str = "a contact with this e-mail address exists already";
@@ -115,12 +153,15 @@ pub async fn create_contact(
     db: &DatabaseConnection,
     tenant: &Tenant,
     input: NewContact,
+    gate: &SuppressionGate<'_>,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
-    let email = input.email.map(|e| e.as_str().to_owned());
+    let email = input.email.as_ref().map(|e| e.as_str().to_owned());
     identifiable(&input.first_name, &input.last_name, &email)?;
     let txn = db::begin_write(db).await?;
     check_company(&txn, tenant, input.company_id).await?;
+    let overridden = check_suppression(&txn, tenant, input.email.as_ref(), gate).await?;
     let id = ContactId::new();
     contact::Entity::insert(contact::ActiveModel {
         id: Set(id.as_uuid()),
@@ -134,10 +175,25 @@ pub async fn create_contact(
         created_at: Set(now),
         updated_at: Set(now),
         version: Set(1),
+        legal_hold: Set(false),
+        redacted_at: Set(None),
     })
     .exec_without_returning(&txn)
     .await
     .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "contact.created",
+            object_type: "contact",
+            object_id: Some(id.as_uuid()),
+            details: overridden,
+        },
+        now,
+    )
+    .await?;
     let created = get_contact(&txn, tenant, id).await?;
     txn.commit().await?;
     Ok(created)
@@ -218,11 +274,37 @@ pub async fn update_contact(
     id: ContactId,
     changes: ContactChanges,
     if_match: Option<i32>,
+    gate: &SuppressionGate<'_>,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
     let txn = db::begin_write(db).await?;
     let current = get_contact(&txn, tenant, id).await?;
     check_version(if_match, current.version)?;
+    if current.redacted_at.is_some() {
+        return Err(DomainError::Conflict {
+            code: "contact_redacted",
+            detail: "a redacted contact cannot be changed".into(),
+        });
+    }
+    let mut changed: Vec<&str> = Vec::new();
+    for (name, absent) in [
+        ("company_id", changes.company_id.is_absent()),
+        ("first_name", changes.first_name.is_absent()),
+        ("last_name", changes.last_name.is_absent()),
+        ("email", changes.email.is_absent()),
+        ("phone", changes.phone.is_absent()),
+        ("job_title", changes.job_title.is_absent()),
+    ] {
+        if !absent {
+            changed.push(name);
+        }
+    }
+    let new_email = match &changes.email {
+        Patch::Value(e) if current.email.as_deref() != Some(e.as_str()) => Some(e.clone()),
+        _ => None,
+    };
+    let overridden = check_suppression(&txn, tenant, new_email.as_ref(), gate).await?;
     if let Patch::Value(company) = &changes.company_id {
         check_company(&txn, tenant, Some(*company)).await?;
     }
@@ -258,6 +340,23 @@ pub async fn update_contact(
     if result.rows_affected != 1 {
         return Err(DomainError::PreconditionFailed);
     }
+    let mut details = serde_json::json!({"fields": changed});
+    if let Some(o) = overridden {
+        details["suppression"] = o;
+    }
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "contact.updated",
+            object_type: "contact",
+            object_id: Some(id.as_uuid()),
+            details: Some(details),
+        },
+        now,
+    )
+    .await?;
     let updated = get_contact(&txn, tenant, id).await?;
     txn.commit().await?;
     Ok(updated)
@@ -269,6 +368,7 @@ pub async fn delete_contact(
     tenant: &Tenant,
     id: ContactId,
     if_match: Option<i32>,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<()> {
     let txn = db::begin_write(db).await?;
@@ -298,6 +398,19 @@ pub async fn delete_contact(
     if deleted.rows_affected != 1 {
         return Err(DomainError::PreconditionFailed);
     }
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "contact.deleted",
+            object_type: "contact",
+            object_id: Some(id.as_uuid()),
+            details: None,
+        },
+        now,
+    )
+    .await?;
     txn.commit().await?;
     Ok(())
 }

@@ -16,13 +16,21 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
-        .max_connections(if sqlite { 4 } else { 16 });
+        .max_connections(if url.contains(":memory:") {
+            1
+        } else if sqlite {
+            4
+        } else {
+            16
+        });
     if sqlite {
         opts.map_sqlx_sqlite_opts(|o| {
             o.foreign_keys(true)
                 .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
+                // Deleted content is zeroed, not left in free pages (erasure).
+                .pragma("secure_delete", "ON")
         });
     }
     Database::connect(opts).await

@@ -5,17 +5,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod clock;
 pub mod companies;
 pub mod contacts;
 pub mod db;
 mod entities;
 pub mod error;
+pub mod gdpr;
 pub mod ids;
 pub mod orders;
 pub mod pagination;
 pub mod passwords;
+pub mod personal_data;
 pub mod sessions;
+pub mod suppression;
 pub mod tenancy;
 pub mod tenants;
 pub mod users;

@@ -11,6 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, Event};
 use crate::companies::company_exists;
 use crate::contacts::contact_exists;
 use crate::entities::{order, order_line};
@@ -216,6 +217,7 @@ pub async fn create_order(
     db: &DatabaseConnection,
     tenant: &Tenant,
     input: NewOrder,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Order> {
     if !matches!(input.status, OrderStatus::Draft | OrderStatus::Placed) {
@@ -226,6 +228,9 @@ pub async fn create_order(
         ));
     }
     let (line_totals, total) = totals(&input.lines)?;
+    let contact_for_audit = input
+        .contact_id
+        .map(|c| serde_json::json!({"contact_id": c.as_uuid()}));
     let txn = db::begin_write(db).await?;
     check_refs(&txn, tenant, input.contact_id, input.company_id).await?;
     let id = OrderId::new();
@@ -245,6 +250,19 @@ pub async fn create_order(
     .exec_without_returning(&txn)
     .await?;
     insert_lines(&txn, tenant, id, input.lines, line_totals).await?;
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "order.created",
+            object_type: "order",
+            object_id: Some(id.as_uuid()),
+            details: contact_for_audit,
+        },
+        now,
+    )
+    .await?;
     let created = get_order(&txn, tenant, id).await?;
     txn.commit().await?;
     Ok(created)
@@ -330,6 +348,7 @@ pub async fn update_order(
     id: OrderId,
     changes: OrderChanges,
     if_match: Option<i32>,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Order> {
     let txn = db::begin_write(db).await?;
@@ -408,6 +427,19 @@ pub async fn update_order(
     if result.rows_affected != 1 {
         return Err(DomainError::PreconditionFailed);
     }
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "order.updated",
+            object_type: "order",
+            object_id: Some(id.as_uuid()),
+            details: Some(serde_json::json!({"status": status.as_str()})),
+        },
+        now,
+    )
+    .await?;
     let updated = get_order(&txn, tenant, id).await?;
     txn.commit().await?;
     Ok(updated)
@@ -419,6 +451,8 @@ pub async fn delete_order(
     tenant: &Tenant,
     id: OrderId,
     if_match: Option<i32>,
+    actor: &Actor,
+    now: DateTime<Utc>,
 ) -> DomainResult<()> {
     let txn = db::begin_write(db).await?;
     let current = get_order(&txn, tenant, id).await?;
@@ -438,6 +472,19 @@ pub async fn delete_order(
     if deleted.rows_affected != 1 {
         return Err(DomainError::PreconditionFailed);
     }
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "order.deleted",
+            object_type: "order",
+            object_id: Some(id.as_uuid()),
+            details: None,
+        },
+        now,
+    )
+    .await?;
     txn.commit().await?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use sea_orm::{
     QueryOrder, QuerySelect,
 };
 
+use crate::audit::{self, Actor, Event};
 use crate::entities::{password_credential, tenant, user};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{TenantId, UserId};
@@ -176,6 +177,7 @@ pub(crate) async fn insert_user(
 pub async fn create_tenant(
     db: &DatabaseConnection,
     input: NewTenant,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<(TenantRecord, UserId)> {
     let hash = hash_password(&input.admin_password)?;
@@ -204,6 +206,19 @@ pub async fn create_tenant(
         input.admin_display_name,
         Role::Admin,
         &hash,
+        now,
+    )
+    .await?;
+    audit::record(
+        &txn,
+        id,
+        actor,
+        Event {
+            action: "tenant.created",
+            object_type: "tenant",
+            object_id: Some(id.as_uuid()),
+            details: Some(serde_json::json!({"admin_user_id": admin.as_uuid()})),
+        },
         now,
     )
     .await?;
@@ -242,6 +257,7 @@ pub async fn update_tenant(
     id: TenantId,
     changes: TenantChanges,
     if_match: Option<i32>,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<TenantRecord> {
     let txn = db::begin_write(db).await?;
@@ -271,6 +287,19 @@ pub async fn update_tenant(
     if result.rows_affected != 1 {
         return Err(DomainError::PreconditionFailed);
     }
+    audit::record(
+        &txn,
+        id,
+        actor,
+        Event {
+            action: "tenant.updated",
+            object_type: "tenant",
+            object_id: Some(id.as_uuid()),
+            details: None,
+        },
+        now,
+    )
+    .await?;
     let record = find(&txn, id).await?;
     txn.commit().await?;
     Ok(record)

@@ -9,6 +9,7 @@ use sea_orm::{
     QueryOrder, QuerySelect,
 };
 
+use crate::audit::{self, Actor, Event};
 use crate::entities::{password_credential, session, user};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{TenantId, UserId};
@@ -68,6 +69,7 @@ pub async fn create_user(
     db: &DatabaseConnection,
     tenant: &Tenant,
     input: NewUser,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<User> {
     let hash = hash_password(&input.password)?;
@@ -81,6 +83,20 @@ pub async fn create_user(
         input.display_name,
         input.role,
         &hash,
+        now,
+    )
+    .await?;
+    let details = serde_json::json!({"role": input.role.as_str()});
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "user.created",
+            object_type: "user",
+            object_id: Some(id.as_uuid()),
+            details: Some(details),
+        },
         now,
     )
     .await?;
@@ -134,6 +150,7 @@ pub async fn update_user(
     id: UserId,
     changes: UserChanges,
     if_match: Option<i32>,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<User> {
     let txn = db::begin_write(db).await?;
@@ -175,6 +192,19 @@ pub async fn update_user(
     if !active {
         revoke_user_sessions(&txn, tenant.id(), id, "user_deactivated", now).await?;
     }
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "user.updated",
+            object_type: "user",
+            object_id: Some(id.as_uuid()),
+            details: Some(serde_json::json!({"role": role.as_str(), "active": active})),
+        },
+        now,
+    )
+    .await?;
     let user = get_user(&txn, tenant, id).await?;
     txn.commit().await?;
     Ok(user)

@@ -21,8 +21,8 @@ fn header_of(token: &str) -> Value {
 fn server_key(app: &TestApp) -> (String, EncodingKey) {
     let entry = std::fs::read_dir(&app.key_dir)
         .unwrap()
-        .next()
-        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_name().to_string_lossy().ends_with(".pem"))
         .unwrap();
     let kid = entry
         .file_name()

@@ -6,4 +6,6 @@ mod auth;
 mod crm;
 mod errors;
 mod isolation;
+mod logs;
 mod quickstart;
+mod schema;

@@ -106,8 +106,14 @@ pub async fn create_company(
         phone,
         industry,
     };
-    let company =
-        companies::create_company(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
+    let company = companies::create_company(
+        &state.db,
+        &caller.0.tenant,
+        input,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
     let version = company.version;
     let out = CompanyOut::from(company);
     Ok(created(format!("/v1/companies/{}", out.id), &out, version))
@@ -210,6 +216,7 @@ pub async fn update_company(
         id,
         changes,
         expected,
+        &caller.1,
         state.clock.now(),
     )
     .await?;
@@ -240,6 +247,14 @@ pub async fn delete_company(
 ) -> Result<HttpResponse, ApiError> {
     let id = CompanyId::from_uuid(path_id("company", &id)?);
     let expected = if_match(&req)?;
-    companies::delete_company(&state.db, &caller.0.tenant, id, expected, state.clock.now()).await?;
+    companies::delete_company(
+        &state.db,
+        &caller.0.tenant,
+        id,
+        expected,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -3,7 +3,9 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
-use crm_domain::contacts::{self, Contact, ContactChanges, ContactFilter, NewContact};
+use crm_domain::contacts::{
+    self, Contact, ContactChanges, ContactFilter, NewContact, SuppressionGate,
+};
 use crm_domain::ids::{CompanyId, ContactId};
 use crm_domain::values::{EmailAddress, phone};
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,10 @@ pub struct ContactOut {
     pub updated_at: DateTime<Utc>,
     /// Current version; also sent as the `ETag`.
     pub version: i32,
+    /// Under legal hold: erasure and redaction are refused.
+    pub legal_hold: bool,
+    /// When the contact was redacted; its identifying values are placeholders since.
+    pub redacted_at: Option<DateTime<Utc>>,
 }
 
 impl From<Contact> for ContactOut {
@@ -48,6 +54,8 @@ impl From<Contact> for ContactOut {
             created_at: c.created_at,
             updated_at: c.updated_at,
             version: c.version,
+            legal_hold: c.legal_hold,
+            redacted_at: c.redacted_at,
         }
     }
 }
@@ -57,6 +65,9 @@ impl From<Contact> for ContactOut {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ContactIn {
+    /// Store an address of an erased (suppressed) person anyway; the reason is audited.
+    #[schema(min_length = 1, max_length = 500)]
+    suppression_override_reason: Option<String>,
     company_id: Option<Uuid>,
     #[schema(min_length = 1, max_length = 100)]
     first_name: Option<String>,
@@ -75,6 +86,9 @@ pub struct ContactIn {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ContactPatch {
+    /// Store an address of an erased (suppressed) person anyway; the reason is audited.
+    #[schema(min_length = 1, max_length = 500)]
+    suppression_override_reason: Option<String>,
     company_id: Option<Uuid>,
     #[schema(min_length = 1, max_length = 100)]
     first_name: Option<String>,
@@ -99,7 +113,7 @@ const FIELDS: &[&str] = &[
     "job_title",
 ];
 
-fn read_new(body: &Value) -> Result<NewContact, ApiError> {
+fn read_new(body: &Value) -> Result<(NewContact, Option<String>), ApiError> {
     let mut i = Input::body(body, FIELDS)?;
     let input = NewContact {
         company_id: i
@@ -111,11 +125,12 @@ fn read_new(body: &Value) -> Result<NewContact, ApiError> {
         phone: i.string("phone", false, phone),
         job_title: i.string("job_title", false, text(1, 100)),
     };
+    let reason = i.string("suppression_override_reason", false, text(1, 500));
     i.finish()?;
-    Ok(input)
+    Ok((input, reason))
 }
 
-fn read_patch(body: &Value) -> Result<ContactChanges, ApiError> {
+fn read_patch(body: &Value) -> Result<(ContactChanges, Option<String>), ApiError> {
     let mut i = Input::body(body, FIELDS)?;
     let changes = ContactChanges {
         company_id: i
@@ -127,8 +142,9 @@ fn read_patch(body: &Value) -> Result<ContactChanges, ApiError> {
         phone: i.patch_string("phone", true, phone),
         job_title: i.patch_string("job_title", true, text(1, 100)),
     };
+    let reason = i.string("suppression_override_reason", false, text(1, 500));
     i.finish()?;
-    Ok(changes)
+    Ok((changes, reason))
 }
 
 /// Create a contact.
@@ -138,7 +154,7 @@ fn read_patch(body: &Value) -> Result<ContactChanges, ApiError> {
     responses(
         (status = 201, description = "Created", body = ContactOut,
          headers(("ETag" = String, description = "Version of the contact"), ("Location" = String))),
-        (status = 409, description = "A contact with this e-mail exists (`email_taken`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A contact with this e-mail exists (`email_taken`), the address is suppressed (`email_suppressed`) or the contact is redacted (`contact_redacted`)", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -148,9 +164,20 @@ pub async fn create_contact(
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let input = read_new(&body)?;
-    let contact =
-        contacts::create_contact(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
+    let (input, override_reason) = read_new(&body)?;
+    let gate = SuppressionGate {
+        secret: &state.suppression,
+        override_reason,
+    };
+    let contact = contacts::create_contact(
+        &state.db,
+        &caller.0.tenant,
+        input,
+        &gate,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
     let version = contact.version;
     let out = ContactOut::from(contact);
     Ok(created(format!("/v1/contacts/{}", out.id), &out, version))
@@ -246,7 +273,7 @@ pub async fn get_contact(
     responses(
         (status = 200, description = "The changed contact", body = ContactOut,
          headers(("ETag" = String, description = "New version"))),
-        (status = 409, description = "A contact with this e-mail exists (`email_taken`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A contact with this e-mail exists (`email_taken`), the address is suppressed (`email_suppressed`) or the contact is redacted (`contact_redacted`)", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -260,13 +287,19 @@ pub async fn update_contact(
 ) -> Result<HttpResponse, ApiError> {
     let id = ContactId::from_uuid(path_id("contact", &id)?);
     let expected = if_match(&req)?;
-    let changes = read_patch(&body)?;
+    let (changes, override_reason) = read_patch(&body)?;
+    let gate = SuppressionGate {
+        secret: &state.suppression,
+        override_reason,
+    };
     let contact = contacts::update_contact(
         &state.db,
         &caller.0.tenant,
         id,
         changes,
         expected,
+        &gate,
+        &caller.1,
         state.clock.now(),
     )
     .await?;
@@ -297,6 +330,14 @@ pub async fn delete_contact(
 ) -> Result<HttpResponse, ApiError> {
     let id = ContactId::from_uuid(path_id("contact", &id)?);
     let expected = if_match(&req)?;
-    contacts::delete_contact(&state.db, &caller.0.tenant, id, expected, state.clock.now()).await?;
+    contacts::delete_contact(
+        &state.db,
+        &caller.0.tenant,
+        id,
+        expected,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }

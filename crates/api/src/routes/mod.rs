@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod companies;
 pub mod contacts;
+pub mod gdpr;
 pub mod meta;
 pub mod orders;
 pub mod tenants;

@@ -229,7 +229,14 @@ pub async fn create_order(
         currency,
         lines,
     };
-    let order = orders::create_order(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
+    let order = orders::create_order(
+        &state.db,
+        &caller.0.tenant,
+        input,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
     let version = order.version;
     let out = OrderOut::from(order);
     Ok(created(format!("/v1/orders/{}", out.id), &out, version))
@@ -359,6 +366,7 @@ pub async fn update_order(
         id,
         changes,
         expected,
+        &caller.1,
         state.clock.now(),
     )
     .await?;
@@ -388,6 +396,14 @@ pub async fn delete_order(
 ) -> Result<HttpResponse, ApiError> {
     let id = OrderId::from_uuid(path_id("order", &id)?);
     let expected = if_match(&req)?;
-    orders::delete_order(&state.db, &caller.0.tenant, id, expected).await?;
+    orders::delete_order(
+        &state.db,
+        &caller.0.tenant,
+        id,
+        expected,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -106,7 +106,7 @@ list_type!(TenantList, TenantOut);
 )]
 #[post("/tenants")]
 pub async fn create_tenant(
-    _caller: PlatformAdmin,
+    caller: PlatformAdmin,
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -161,7 +161,8 @@ pub async fn create_tenant(
         admin_display_name,
         admin_password,
     };
-    let (tenant, admin_id) = tenants::create_tenant(&state.db, input, state.clock.now()).await?;
+    let (tenant, admin_id) =
+        tenants::create_tenant(&state.db, input, &caller.1, state.clock.now()).await?;
     let version = tenant.version;
     let out = TenantCreatedOut {
         tenant: TenantOut::from(tenant),
@@ -238,7 +239,7 @@ pub async fn get_tenant(
 )]
 #[patch("/tenants/{id}")]
 pub async fn update_tenant(
-    _caller: PlatformAdmin,
+    caller: PlatformAdmin,
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
@@ -256,8 +257,15 @@ pub async fn update_tenant(
         },
     };
     i.finish()?;
-    let tenant =
-        tenants::update_tenant(&state.db, id, changes, expected, state.clock.now()).await?;
+    let tenant = tenants::update_tenant(
+        &state.db,
+        id,
+        changes,
+        expected,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
     let version = tenant.version;
     Ok(with_etag(StatusCode::OK, &TenantOut::from(tenant), version))
 }

@@ -123,7 +123,14 @@ pub async fn create_user(
         role,
         password,
     };
-    let user = users::create_user(&state.db, &caller.0.tenant, input, state.clock.now()).await?;
+    let user = users::create_user(
+        &state.db,
+        &caller.0.tenant,
+        input,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
     let version = user.version;
     let out = UserOut::from(user);
     Ok(created(format!("/v1/users/{}", out.id), &out, version))
@@ -224,6 +231,7 @@ pub async fn update_user(
         id,
         changes,
         expected,
+        &caller.1,
         state.clock.now(),
     )
     .await?;

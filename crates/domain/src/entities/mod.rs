@@ -1,13 +1,21 @@
 //! sea-orm entities. Private to the domain crate: nothing outside it reads a table directly,
 //! every read goes through a tenant-scoped service function.
 
+pub mod audit_event;
 pub mod auth_throttle;
 pub mod company;
+pub mod consent;
 pub mod contact;
+pub mod dsr_request;
+pub mod erasure_ledger;
+pub mod gdpr_setting;
 pub mod order;
 pub mod order_line;
 pub mod password_credential;
+pub mod purpose;
 pub mod refresh_token;
+pub mod retention_policy;
 pub mod session;
+pub mod suppression;
 pub mod tenant;
 pub mod user;
