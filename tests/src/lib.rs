@@ -95,6 +95,7 @@ impl TestDb {
 }
 
 pub struct TestApp {
+    pub db: TestDb,
     pub base: String,
     pub client: reqwest::Client,
     pub backend: Backend,
@@ -102,7 +103,6 @@ pub struct TestApp {
     pub admin_password: String,
     pub key_dir: PathBuf,
     pub settings: Settings,
-    db: TestDb,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -352,4 +352,177 @@ macro_rules! both {
             }
         }
     };
+}
+
+/// Every log record the service writes in this test process, at every level.
+pub struct LogCapture(std::sync::Mutex<Vec<String>>);
+
+impl LogCapture {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl log::Log for LogCapture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!("{} {} {}", record.level(), record.target(), record.args());
+        self.0.lock().unwrap().push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs (once per process) a logger that keeps every record for inspection.
+pub fn capture_logs() -> &'static LogCapture {
+    static CAPTURE: std::sync::OnceLock<&'static LogCapture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture: &'static LogCapture =
+            Box::leak(Box::new(LogCapture(std::sync::Mutex::new(Vec::new()))));
+        log::set_logger(capture).expect("no other logger in the test binary");
+        log::set_max_level(log::LevelFilter::Trace);
+        capture
+    })
+}
+
+/// Opens the test's database directly (for checks the API must not offer).
+pub async fn open_db(app: &TestApp) -> sea_orm::DatabaseConnection {
+    crm_domain::db::connect(&app.settings.database_url)
+        .await
+        .unwrap()
+}
+
+/// Every row of every table, as text, for scanning: `(table, row)`.
+pub async fn dump_all_rows(app: &TestApp) -> Vec<(String, String)> {
+    use sea_orm::Statement;
+    let db = open_db(app).await;
+    let backend = db.get_database_backend();
+    let tables_sql = match app.backend {
+        Backend::Sqlite => {
+            "SELECT name AS t FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        }
+        Backend::Postgres => {
+            "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = 'public'"
+        }
+    };
+    let tables: Vec<String> = db
+        .query_all_raw(Statement::from_string(backend, tables_sql))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String>("", "t").unwrap())
+        .collect();
+    let mut out = Vec::new();
+    for t in tables {
+        let sql = match app.backend {
+            Backend::Postgres => format!("SELECT row_to_json(x)::text AS r FROM \"{t}\" x"),
+            Backend::Sqlite => {
+                let cols: Vec<String> = db
+                    .query_all_raw(Statement::from_string(
+                        backend,
+                        format!("SELECT name AS c FROM pragma_table_info('{t}')"),
+                    ))
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.try_get::<String>("", "c").unwrap())
+                    .collect();
+                let concat: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("coalesce(CASE typeof(\"{c}\") WHEN 'blob' THEN hex(\"{c}\") ELSE CAST(\"{c}\" AS TEXT) END, '')"))
+                    .collect();
+                format!("SELECT {} AS r FROM \"{t}\"", concat.join(" || '|' || "))
+            }
+        };
+        for row in db
+            .query_all_raw(Statement::from_string(backend, sql))
+            .await
+            .unwrap()
+        {
+            out.push((t.clone(), row.try_get::<String>("", "r").unwrap()));
+        }
+    }
+    db.close().await.ok();
+    out
+}
+
+/// An id as an SQL literal (SQLite stores UUIDs as 16-byte blobs).
+pub fn id_literal(backend: Backend, id: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("x'{}'", id.replace('-', "")),
+        Backend::Postgres => format!("'{id}'"),
+    }
+}
+
+/// Takes a consistent backup of the test's database; returns where it is.
+pub async fn backup(app: &TestApp, db: &sea_orm::DatabaseConnection) -> PathBuf {
+    let path = app.db.dir.join(format!("backup-{}", random_hex(8)));
+    match app.backend {
+        Backend::Sqlite => {
+            db.execute_unprepared(&format!("VACUUM INTO '{}'", path.display()))
+                .await
+                .unwrap();
+        }
+        Backend::Postgres => {
+            let status = tokio::process::Command::new("pg_dump")
+                .arg("--no-owner")
+                .arg("-f")
+                .arg(&path)
+                .arg(&app.settings.database_url)
+                .status()
+                .await
+                .expect("pg_dump runs");
+            assert!(status.success(), "pg_dump");
+        }
+    }
+    path
+}
+
+/// Restores a backup into a new database; returns its URL.
+pub async fn restore(app: &TestApp, backup: &std::path::Path) -> String {
+    match app.backend {
+        Backend::Sqlite => format!("sqlite://{}?mode=rw", backup.display()),
+        Backend::Postgres => {
+            let name = format!("crm_restore_{}", random_hex(16));
+            let admin = sea_orm::Database::connect(postgres_admin_url())
+                .await
+                .unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .unwrap();
+            admin.close().await.ok();
+            let url = replace_db_name(&postgres_admin_url(), &name);
+            let status = tokio::process::Command::new("psql")
+                .arg("-q")
+                .arg("-v")
+                .arg("ON_ERROR_STOP=1")
+                .arg("-f")
+                .arg(backup)
+                .arg(&url)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .await
+                .expect("psql runs");
+            assert!(status.success(), "restore with psql");
+            url
+        }
+    }
+}
+
+/// Drops a database made by `restore`.
+pub async fn drop_restored(app: &TestApp, url: &str) {
+    if app.backend == Backend::Postgres
+        && let Some(name) = url.rsplit('/').next()
+        && let Ok(admin) = sea_orm::Database::connect(postgres_admin_url()).await
+    {
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+            .ok();
+        admin.close().await.ok();
+    }
 }

@@ -26,7 +26,10 @@ commands:
                                 create the first platform admin; prints a generated
                                 password once unless one is read from standard input
   audit verify                  recompute every tenant's audit hash chain; fails on a break
-  gdpr replay-erasures          re-apply every erasure in the ledger (after restoring a backup)
+  gdpr export-ledger            print the erasure ledger as JSON lines (keep it with backups)
+  gdpr replay-erasures [--from FILE]
+                                after restoring a backup: add the ledger entries from FILE
+                                that the restored database lacks, then re-apply every erasure
   help                          this text
 
 configuration comes from CRM_* environment variables (see README.md)";
@@ -57,7 +60,10 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         "openapi" => openapi(rest),
         "bootstrap" => bootstrap(rest),
         "audit" if rest.first().map(String::as_str) == Some("verify") => audit_verify(),
-        "gdpr" if rest.first().map(String::as_str) == Some("replay-erasures") => replay_erasures(),
+        "gdpr" if rest.first().map(String::as_str) == Some("replay-erasures") => {
+            replay_erasures(&rest[1..])
+        }
+        "gdpr" if rest.first().map(String::as_str) == Some("export-ledger") => export_ledger(),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -199,11 +205,42 @@ fn audit_verify() -> anyhow::Result<()> {
     })
 }
 
-fn replay_erasures() -> anyhow::Result<()> {
-    init_logging();
+fn export_ledger() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     runtime()?.block_on(async move {
         let db = open_database(&settings).await?;
+        for entry in crm_domain::gdpr::export_ledger(&db)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            println!("{}", serde_json::to_string(&entry)?);
+        }
+        Ok(())
+    })
+}
+
+fn replay_erasures(args: &[String]) -> anyhow::Result<()> {
+    init_logging();
+    let entries: Vec<crm_domain::gdpr::LedgerEntry> = match args {
+        [] => Vec::new(),
+        [flag, file] if flag == "--from" => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {file}"))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing {file}"))?,
+        _ => bail!("usage: crm gdpr replay-erasures [--from FILE]"),
+    };
+    let settings = Settings::from_env()?;
+    runtime()?.block_on(async move {
+        let db = open_database(&settings).await?;
+        let added = crm_domain::gdpr::import_ledger(&db, &entries)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if added > 0 {
+            println!("added {added} ledger entr(ies) the restored database lacked");
+        }
         let n = crm_domain::gdpr::replay_erasures(&db)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

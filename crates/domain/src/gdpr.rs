@@ -661,12 +661,77 @@ pub async fn set_legal_hold(
 /// removes the old page images. (PostgreSQL keeps dead tuples until VACUUM and in its WAL;
 /// run it on encrypted storage.)
 async fn compact(db: &DatabaseConnection) {
-    if db.get_database_backend() == DbBackend::Sqlite {
-        if let Err(e) = db
+    if db.get_database_backend() == DbBackend::Sqlite
+        && let Err(e) = db
             .execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
             .await
-        {
-            log::warn!("checkpoint after erasure failed: {e}");
-        }
+    {
+        log::warn!("checkpoint after erasure failed: {e}");
     }
+}
+
+/// One erasure, ids and time only: what `replay_erasures` needs to erase again.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LedgerEntry {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub contact_id: Uuid,
+    pub order_ids: Vec<Uuid>,
+    pub erased_at: DateTime<Utc>,
+}
+
+/// The whole erasure ledger, oldest first. Keep a copy outside the database's backups (e.g.
+/// `crm gdpr export-ledger` after each backup), so erasures made after a backup can be
+/// re-applied when it is restored.
+pub async fn export_ledger(db: &impl ConnectionTrait) -> DomainResult<Vec<LedgerEntry>> {
+    Ok(erasure_ledger::Entity::find()
+        .order_by_asc(erasure_ledger::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|e| LedgerEntry {
+            id: e.id,
+            tenant_id: e.tenant_id,
+            contact_id: e.contact_id,
+            order_ids: e
+                .order_ids
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+            erased_at: e.erased_at,
+        })
+        .collect())
+}
+
+/// Adds ledger entries that a restored database lacks (by id); returns how many were added.
+pub async fn import_ledger(db: &DatabaseConnection, entries: &[LedgerEntry]) -> DomainResult<u64> {
+    let txn = db::begin_write(db).await?;
+    let mut added = 0;
+    for e in entries {
+        if erasure_ledger::Entity::find_by_id(e.id)
+            .one(&txn)
+            .await?
+            .is_some()
+        {
+            continue;
+        }
+        let tenant_exists = tenant::Entity::find_by_id(e.tenant_id)
+            .one(&txn)
+            .await?
+            .is_some();
+        if !tenant_exists {
+            continue;
+        }
+        erasure_ledger::Entity::insert(erasure_ledger::ActiveModel {
+            id: Set(e.id),
+            tenant_id: Set(e.tenant_id),
+            contact_id: Set(e.contact_id),
+            order_ids: Set(Some(json!(e.order_ids))),
+            erased_at: Set(e.erased_at),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        added += 1;
+    }
+    txn.commit().await?;
+    Ok(added)
 }

@@ -1,37 +1,10 @@
 //! The log has one line per request and never personal data or secrets.
 
-use std::sync::{Mutex, OnceLock};
-
 use crm_e2e::both;
 use serde_json::{Value, json};
 
-struct Capture(Mutex<Vec<String>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        let line = format!("{} {} {}", record.level(), record.target(), record.args());
-        self.0.lock().unwrap().push(line);
-    }
-
-    fn flush(&self) {}
-}
-
-fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
-        log::set_logger(capture).expect("no other logger in the test binary");
-        log::set_max_level(log::LevelFilter::Trace);
-        capture
-    })
-}
-
 both!(logs_hold_no_personal_data_or_secrets, |app| {
-    let capture = capture();
+    let capture = crm_e2e::capture_logs();
     let s = app.new_tenant().await;
     let email = "privacy-probe@example.com";
     let contact = app
@@ -61,7 +34,7 @@ both!(logs_hold_no_personal_data_or_secrets, |app| {
         .post("/v1/contacts", &s.access, &json!({"email": email}))
         .await;
 
-    let lines = capture.0.lock().unwrap().clone();
+    let lines = capture.lines();
     let id = contact["id"].as_str().unwrap();
     let request_lines: Vec<&String> = lines.iter().filter(|l| l.contains("request_id=")).collect();
     assert!(

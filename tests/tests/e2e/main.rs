@@ -5,6 +5,7 @@
 mod auth;
 mod crm;
 mod errors;
+mod gdpr;
 mod isolation;
 mod logs;
 mod quickstart;

@@ -111,6 +111,7 @@ const FIELDS: &[&str] = &[
     "email",
     "phone",
     "job_title",
+    "suppression_override_reason",
 ];
 
 fn read_new(body: &Value) -> Result<(NewContact, Option<String>), ApiError> {

@@ -1,0 +1,753 @@
+//! GDPR: export, redaction, erasure that leaves no trace, legal hold, suppression, the audit
+//! chain and who may do what.
+
+use crm_e2e::{Backend, TestApp, assert_problem, both, capture_logs, dump_all_rows, open_db};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const EMAIL: &str = "erase-me.please@example.org";
+const FIRST: &str = "Philippa";
+const LAST: &str = "Quartermaine";
+const PHONE: &str = "+44 1632 960777";
+
+/// A contact with a company, a booked and a draft order and some history.
+async fn subject(app: &TestApp, token: &str) -> (Value, Value, Value) {
+    let company = app
+        .create("/v1/companies", token, json!({"name": "Harbour Holdings"}))
+        .await;
+    let contact = app
+        .create(
+            "/v1/contacts",
+            token,
+            json!({"first_name": FIRST, "last_name": LAST, "email": EMAIL, "phone": PHONE, "job_title": "Navigator", "company_id": company["id"]}),
+        )
+        .await;
+    let path = format!("/v1/contacts/{}", contact["id"].as_str().unwrap());
+    assert_eq!(
+        app.patch(&path, token, &json!({"job_title": "Chief Navigator"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let booked = app
+        .create(
+            "/v1/orders",
+            token,
+            json!({"contact_id": contact["id"], "status": "placed", "currency": "GBP", "lines": [{"sku": "MAP-1", "description": "Sea chart", "quantity": 2, "unit_price_minor": 4500}]}),
+        )
+        .await;
+    let draft = app
+        .create("/v1/orders", token, json!({"contact_id": contact["id"], "currency": "GBP", "lines": [{"description": "Compass", "quantity": 1, "unit_price_minor": 999}]}))
+        .await;
+    (contact, booked, draft)
+}
+
+both!(export_holds_everything_about_the_person, |app| {
+    let s = app.new_tenant().await;
+    let (contact, booked, draft) = subject(&app, &s.access).await;
+    let path = format!("/v1/contacts/{}/export", contact["id"].as_str().unwrap());
+    let resp = app.get(&path, &s.access).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let export: Value = resp.json().await.unwrap();
+
+    // Everything that was put in about the person is in the export.
+    let subject = &export["subject"];
+    for (field, value) in [
+        ("first_name", FIRST),
+        ("last_name", LAST),
+        ("email", EMAIL),
+        ("phone", PHONE),
+        ("job_title", "Chief Navigator"),
+    ] {
+        assert_eq!(subject[field], value, "{field}");
+    }
+    assert_eq!(export["company"]["name"], "Harbour Holdings");
+    let orders = export["orders"].as_array().unwrap();
+    let ids: Vec<&Value> = orders.iter().map(|o| &o["id"]).collect();
+    assert!(ids.contains(&&booked["id"]) && ids.contains(&&draft["id"]));
+    let chart = orders.iter().find(|o| o["id"] == booked["id"]).unwrap();
+    assert_eq!(chart["lines"][0]["description"], "Sea chart");
+    assert_eq!(chart["total_minor"], 9000);
+
+    // Complete against the registry: every exported column of the subject's tables is there.
+    for (table, section) in [
+        ("contacts", subject),
+        ("orders", &orders[0]),
+        ("order_lines", &chart["lines"][0]),
+    ] {
+        for column in crm_domain::personal_data::exported_columns(table) {
+            assert!(
+                section.get(column).is_some(),
+                "export lacks {table}.{column}: {section}"
+            );
+        }
+    }
+    // Who read and changed the record, including this export.
+    let actions: Vec<&str> = export["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for action in ["contact.created", "contact.updated", "contact.exported"] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    let processing = &export["processing"];
+    for key in [
+        "controller",
+        "categories",
+        "purposes",
+        "lawful_bases",
+        "retention",
+        "recipients",
+        "source",
+    ] {
+        assert!(
+            processing.get(key).is_some(),
+            "processing information lacks {key}"
+        );
+    }
+    assert_eq!(processing["controller"], format!("Tenant {}", s.tenant));
+    // The export itself is in the audit trail.
+    let audit: Value = app
+        .get(
+            &format!(
+                "/v1/audit-events?action=contact.exported&object_id={}",
+                contact["id"].as_str().unwrap()
+            ),
+            &s.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["data"].as_array().unwrap().len(), 1);
+    assert_eq!(audit["data"][0]["actor_kind"], "user");
+    assert!(audit["data"][0]["request_id"].is_string());
+});
+
+both!(erasure_leaves_no_trace, |app| {
+    let logs = capture_logs();
+    let s = app.new_tenant().await;
+    let (contact, booked, draft) = subject(&app, &s.access).await;
+    let id = contact["id"].as_str().unwrap();
+    // Reads and an export before the erasure leave audit history too.
+    assert_eq!(
+        app.get(&format!("/v1/contacts/{id}/export"), &s.access)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let resp = app
+        .post(&format!("/v1/contacts/{id}/erase"), &s.access, &json!({}))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let plan: Value = resp.json().await.unwrap();
+    assert_eq!(plan["dry_run"], false);
+    assert!(plan["erasure_id"].is_string());
+    assert_eq!(plan["suppressed"], true);
+    let kept_orders = plan["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["table"] == "orders")
+        .unwrap();
+    assert_eq!(
+        kept_orders["ids"],
+        json!([booked["id"]]),
+        "the booked order is kept by law"
+    );
+    assert!(kept_orders["reason"].as_str().unwrap().contains("17(3)(b)"));
+    let deleted_orders = plan["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["table"] == "orders")
+        .unwrap();
+    assert_eq!(deleted_orders["ids"], json!([draft["id"]]));
+
+    assert_problem(
+        app.get(&format!("/v1/contacts/{id}"), &s.access).await,
+        404,
+        "contact_not_found",
+    )
+    .await;
+    assert_problem(
+        app.get(
+            &format!("/v1/orders/{}", draft["id"].as_str().unwrap()),
+            &s.access,
+        )
+        .await,
+        404,
+        "order_not_found",
+    )
+    .await;
+    let kept: Value = app
+        .get(
+            &format!("/v1/orders/{}", booked["id"].as_str().unwrap()),
+            &s.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept["contact_id"],
+        Value::Null,
+        "kept order is detached from the person"
+    );
+    assert_eq!(kept["total_minor"], 9000, "and still good for the books");
+
+    // Scan every row of every table for the person.
+    let rows = dump_all_rows(&app).await;
+    assert!(
+        rows.iter().any(|(t, _)| t == "audit_events"),
+        "the scan sees the audit trail"
+    );
+    for (table, row) in &rows {
+        for needle in [EMAIL, FIRST, LAST, PHONE, "1632 960777", "Navigator"] {
+            assert!(
+                !row.contains(needle),
+                "{table} still holds {needle:?}: {row}"
+            );
+        }
+    }
+    // On SQLite, the raw database files too (deleted content is zeroed, the WAL truncated).
+    if app.backend == Backend::Sqlite {
+        let dir = std::path::Path::new(
+            app.settings
+                .database_url
+                .trim_start_matches("sqlite://")
+                .split('?')
+                .next()
+                .unwrap(),
+        )
+        .parent()
+        .unwrap()
+        .to_owned();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                for needle in [EMAIL, FIRST, LAST] {
+                    let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+                    assert!(!found, "{} holds {needle:?}", path.display());
+                }
+            }
+        }
+    }
+    for line in logs.lines() {
+        for needle in [EMAIL, FIRST, LAST, PHONE] {
+            assert!(!line.contains(needle), "log holds {needle:?}: {line}");
+        }
+    }
+    // The erasure is in the audit trail, with ids and counts only.
+    let audit: Value = app
+        .get(
+            &format!("/v1/audit-events?object_id={id}&action=contact.erased"),
+            &s.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["data"][0]["details"]["kept"]["orders"], 1);
+});
+
+both!(dry_run_changes_nothing_and_legal_hold_blocks, |app| {
+    let s = app.new_tenant().await;
+    let (contact, _, _) = subject(&app, &s.access).await;
+    let id = contact["id"].as_str().unwrap();
+    let before = dump_all_rows(&app).await;
+    let resp = app
+        .post(
+            &format!("/v1/contacts/{id}/erase?dry_run=true"),
+            &s.access,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let plan: Value = resp.json().await.unwrap();
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["erasure_id"], Value::Null);
+    assert_eq!(plan["deleted"][0]["ids"], json!([id]));
+    assert_eq!(
+        dump_all_rows(&app).await,
+        before,
+        "a dry run writes nothing, not even an audit entry"
+    );
+    assert_problem(
+        app.post(
+            &format!("/v1/contacts/{id}/erase?dry_run=maybe"),
+            &s.access,
+            &json!({}),
+        )
+        .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+
+    let hold = app
+        .request(
+            Method::PUT,
+            &format!("/v1/contacts/{id}/legal-hold"),
+            Some(&s.access),
+            None,
+        )
+        .await;
+    assert_eq!(hold.status(), StatusCode::NO_CONTENT);
+    let held: Value = app
+        .get(&format!("/v1/contacts/{id}"), &s.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held["legal_hold"], true);
+    assert_problem(
+        app.post(&format!("/v1/contacts/{id}/erase"), &s.access, &json!({}))
+            .await,
+        409,
+        "legal_hold",
+    )
+    .await;
+    assert_problem(
+        app.post(&format!("/v1/contacts/{id}/redact"), &s.access, &json!({}))
+            .await,
+        409,
+        "legal_hold",
+    )
+    .await;
+    assert_eq!(
+        app.get(&format!("/v1/contacts/{id}"), &s.access)
+            .await
+            .status(),
+        StatusCode::OK,
+        "still there"
+    );
+    let release = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/contacts/{id}/legal-hold"),
+            Some(&s.access),
+            None,
+        )
+        .await;
+    assert_eq!(release.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.post(&format!("/v1/contacts/{id}/erase"), &s.access, &json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+});
+
+both!(suppression_blocks_recreation, |app| {
+    let s = app.new_tenant().await;
+    let other = app.new_tenant().await;
+    let contact = app
+        .create("/v1/contacts", &s.access, json!({"email": EMAIL}))
+        .await;
+    let id = contact["id"].as_str().unwrap();
+    assert_eq!(
+        app.post(&format!("/v1/contacts/{id}/erase"), &s.access, &json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let shouting = EMAIL.to_uppercase();
+    assert_problem(
+        app.post("/v1/contacts", &s.access, &json!({"email": shouting}))
+            .await,
+        409,
+        "email_suppressed",
+    )
+    .await;
+    let c = app
+        .create("/v1/contacts", &s.access, json!({"first_name": "Someone"}))
+        .await;
+    let cpath = format!("/v1/contacts/{}", c["id"].as_str().unwrap());
+    assert_problem(
+        app.patch(&cpath, &s.access, &json!({"email": EMAIL})).await,
+        409,
+        "email_suppressed",
+    )
+    .await;
+
+    let check: Value = app
+        .post(
+            "/v1/suppression/check",
+            &s.access,
+            &json!({"emails": [shouting, "fresh@example.org"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["results"][0]["suppressed"], true);
+    assert_eq!(check["results"][1]["suppressed"], false);
+    assert_problem(
+        app.post(
+            "/v1/suppression/check",
+            &s.access,
+            &json!({"emails": ["nope", 3]}),
+        )
+        .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_problem(
+        app.post("/v1/suppression/check", &s.access, &json!({"emails": []}))
+            .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    // Suppression is the tenant's own: another controller may hold the same address.
+    let check: Value = app
+        .post(
+            "/v1/suppression/check",
+            &other.access,
+            &json!({"emails": [EMAIL]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["results"][0]["suppressed"], false);
+    app.create("/v1/contacts", &other.access, json!({"email": EMAIL}))
+        .await;
+
+    // An explicit override with a reason is possible, and audited.
+    let back = app
+        .create("/v1/contacts", &s.access, json!({"email": EMAIL, "suppression_override_reason": "person asked to be re-added, ticket 42"}))
+        .await;
+    let audit: Value = app
+        .get(
+            &format!(
+                "/v1/audit-events?object_id={}",
+                back["id"].as_str().unwrap()
+            ),
+            &s.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["data"][0]["details"]["suppression_overridden"], true);
+    // No table holds the address in clear for the erased person (only the new contact does).
+    let rows = dump_all_rows(&app).await;
+    let holders: Vec<&(String, String)> = rows.iter().filter(|(_, r)| r.contains(EMAIL)).collect();
+    assert!(holders.iter().all(|(t, _)| t == "contacts"), "{holders:?}");
+});
+
+both!(redaction_keeps_records_without_identity, |app| {
+    let s = app.new_tenant().await;
+    let (contact, booked, _) = subject(&app, &s.access).await;
+    let id = contact["id"].as_str().unwrap();
+    assert_eq!(
+        app.post(&format!("/v1/contacts/{id}/redact"), &s.access, &json!({}))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let redacted: Value = app
+        .get(&format!("/v1/contacts/{id}"), &s.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(redacted["first_name"], "[redacted]");
+    assert_eq!(redacted["last_name"], "[redacted]");
+    assert_eq!(redacted["email"], Value::Null);
+    assert_eq!(redacted["phone"], Value::Null);
+    assert!(redacted["redacted_at"].is_string());
+    assert_eq!(
+        redacted["company_id"], contact["company_id"],
+        "still counts for its company"
+    );
+    let order: Value = app
+        .get(
+            &format!("/v1/orders/{}", booked["id"].as_str().unwrap()),
+            &s.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        order["contact_id"], contact["id"],
+        "statistics keep working"
+    );
+    assert_problem(
+        app.patch(
+            &format!("/v1/contacts/{id}"),
+            &s.access,
+            &json!({"first_name": "Back"}),
+        )
+        .await,
+        409,
+        "contact_redacted",
+    )
+    .await;
+    for (table, row) in dump_all_rows(&app).await {
+        for needle in [EMAIL, FIRST, LAST, PHONE] {
+            assert!(
+                !row.contains(needle),
+                "{table} still holds {needle:?}: {row}"
+            );
+        }
+    }
+});
+
+both!(audit_chain_detects_tampering, |app| {
+    let s = app.new_tenant().await;
+    let (contact, _, _) = subject(&app, &s.access).await;
+    let db = open_db(&app).await;
+    let (checked, breaks) = crm_domain::audit::verify_chain(&db).await.unwrap();
+    assert!(checked >= 5, "{checked} entries");
+    assert!(breaks.is_empty(), "{breaks:?}");
+
+    let list: Value = app
+        .get("/v1/audit-events?limit=200", &s.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let entries = list["data"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "contact.created" && e["object_id"] == contact["id"])
+    );
+    let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "gap-free sequence"
+    );
+    assert_problem(
+        app.get("/v1/audit-events?since=yesterday", &s.access).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+
+    use sea_orm::ConnectionTrait;
+    let third = crm_e2e::id_literal(app.backend, entries[2]["id"].as_str().unwrap());
+    db.execute_unprepared(&format!(
+        "UPDATE audit_events SET action = 'contact.viewed' WHERE id = {third}"
+    ))
+    .await
+    .unwrap();
+    let (_, breaks) = crm_domain::audit::verify_chain(&db).await.unwrap();
+    assert!(
+        breaks
+            .iter()
+            .any(|b| b.seq == 3 && b.reason == "altered_entry"),
+        "{breaks:?}"
+    );
+
+    let fifth = crm_e2e::id_literal(app.backend, entries[4]["id"].as_str().unwrap());
+    db.execute_unprepared(&format!("DELETE FROM audit_events WHERE id = {fifth}"))
+        .await
+        .unwrap();
+    let (_, breaks) = crm_domain::audit::verify_chain(&db).await.unwrap();
+    assert!(
+        breaks.iter().any(|b| b.reason == "missing_entry"),
+        "{breaks:?}"
+    );
+    db.close().await.ok();
+});
+
+both!(erasures_are_replayed_after_a_restore, |app| {
+    let s = app.new_tenant().await;
+    let (contact, _, draft) = subject(&app, &s.access).await;
+    let id = contact["id"].as_str().unwrap();
+    let db = open_db(&app).await;
+    // A backup taken before the erasure…
+    let backup = crm_e2e::backup(&app, &db).await;
+    assert_eq!(
+        app.post(&format!("/v1/contacts/{id}/erase"), &s.access, &json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // …the ledger kept outside the backup…
+    let ledger = crm_domain::gdpr::export_ledger(&db).await.unwrap();
+    assert_eq!(ledger.len(), 1);
+    let ledger_text = serde_json::to_string(&ledger).unwrap();
+    for needle in [EMAIL, FIRST, LAST] {
+        assert!(!ledger_text.contains(needle), "the ledger holds ids only");
+    }
+    db.close().await.ok();
+    // …and the backup restored: the person is back.
+    let restored = crm_e2e::restore(&app, &backup).await;
+    let count = |db: sea_orm::DatabaseConnection| async move {
+        use sea_orm::{ConnectionTrait, Statement};
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT count(*) AS n FROM contacts",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let n: i64 = row.try_get("", "n").unwrap();
+        db.close().await.ok();
+        n
+    };
+    let restored_db = crm_domain::db::connect(&restored).await.unwrap();
+    assert_eq!(count(restored_db.clone()).await, 1);
+    let restored_db = crm_domain::db::connect(&restored).await.unwrap();
+    assert_eq!(
+        crm_domain::gdpr::import_ledger(&restored_db, &ledger)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        crm_domain::gdpr::replay_erasures(&restored_db)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        crm_domain::gdpr::replay_erasures(&restored_db)
+            .await
+            .unwrap(),
+        0,
+        "idempotent"
+    );
+    assert_eq!(count(restored_db).await, 0, "erased again");
+    let _ = draft;
+    crm_e2e::drop_restored(&app, &restored).await;
+});
+
+both!(only_dpo_and_admin_run_gdpr_operations, |app| {
+    let admin = app.new_tenant().await;
+    let dpo = app.new_user(&admin, "dpo").await;
+    let member = app.new_user(&admin, "member").await;
+    let viewer = app.new_user(&admin, "viewer").await;
+    let stranger = app.new_tenant().await;
+    let contact = app
+        .create(
+            "/v1/contacts",
+            &member.access,
+            json!({"email": "rights@example.org"}),
+        )
+        .await;
+    let id = contact["id"].as_str().unwrap();
+    let ops: Vec<(Method, String)> = vec![
+        (Method::GET, format!("/v1/contacts/{id}/export")),
+        (Method::POST, format!("/v1/contacts/{id}/redact")),
+        (
+            Method::POST,
+            format!("/v1/contacts/{id}/erase?dry_run=true"),
+        ),
+        (Method::PUT, format!("/v1/contacts/{id}/legal-hold")),
+        (Method::DELETE, format!("/v1/contacts/{id}/legal-hold")),
+    ];
+    for s in [&member, &viewer] {
+        for (m, p) in &ops {
+            assert_problem(
+                app.request(m.clone(), p, Some(&s.access), Some(&json!({})))
+                    .await,
+                403,
+                "forbidden",
+            )
+            .await;
+        }
+        assert_problem(
+            app.get("/v1/audit-events", &s.access).await,
+            403,
+            "forbidden",
+        )
+        .await;
+        assert_problem(
+            app.get("/v1/gdpr/settings", &s.access).await,
+            403,
+            "forbidden",
+        )
+        .await;
+    }
+    for (m, p) in &ops {
+        assert_problem(
+            app.request(m.clone(), p, Some(&stranger.access), Some(&json!({})))
+                .await,
+            404,
+            "contact_not_found",
+        )
+        .await;
+    }
+    // The stranger's audit trail shows nothing of the other tenant.
+    let audit: Value = app
+        .get(
+            &format!("/v1/audit-events?object_id={id}"),
+            &stranger.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["data"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        app.get(&format!("/v1/contacts/{id}/export"), &dpo.access)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let settings: Value = app
+        .get("/v1/gdpr/settings", &dpo.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["order_retention_days"], 3653);
+    let resp = app
+        .request(
+            Method::PUT,
+            "/v1/gdpr/settings",
+            Some(&dpo.access),
+            Some(&json!({"order_retention_days": 2192})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app
+        .request(
+            Method::PUT,
+            "/v1/gdpr/settings",
+            Some(&dpo.access),
+            Some(&json!({"order_retention_days": -1})),
+        )
+        .await;
+    assert_problem(resp, 422, "validation_failed").await;
+    assert_eq!(
+        app.get("/v1/gdpr/settings", &admin.access)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["order_retention_days"],
+        2192
+    );
+    // Member may still check suppression (partners need it before imports).
+    assert_eq!(
+        app.post(
+            "/v1/suppression/check",
+            &viewer.access,
+            &json!({"emails": ["a@example.org"]})
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+});
