@@ -77,6 +77,7 @@ fn index(
 
 const TABLES: &[&str] = &[
     "audit_events",
+    "retention_policies",
     "gdpr_settings",
     "erasure_ledger",
     "suppressions",
@@ -222,6 +223,29 @@ impl MigrationTrait for Migration {
                     .col(integer("order_retention_days"))
                     .col(ts("updated_at"))
                     .foreign_key(&mut tenant_fk("gdpr_settings"))
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table("retention_policies")
+                    .col(uuid("id").primary_key())
+                    .col(uuid("tenant_id"))
+                    .col(string_len("record_type", 32))
+                    .col(string_len("basis", 16))
+                    .col(integer("after_days"))
+                    .col(string_len("action", 16))
+                    .col(ts("created_at"))
+                    .index(&mut tenant_key("retention_policies"))
+                    .index(&mut index(
+                        "retention_policies",
+                        "type",
+                        &["tenant_id", "record_type", "basis"],
+                        true,
+                    ))
+                    .foreign_key(&mut tenant_fk("retention_policies"))
                     .to_owned(),
             )
             .await?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crm_api::config::Settings;
 use crm_api::startup::Application;
-use crm_domain::clock::SystemClock;
+use crm_domain::clock::Clock;
 use crm_domain::sessions::ThrottlePolicy;
 use futures_util::FutureExt;
 use reqwest::{Method, Response, StatusCode};
@@ -94,7 +94,28 @@ impl TestDb {
     }
 }
 
+/// The real time plus an offset the test moves forward: deadlines, expiry and retention are
+/// tested without sleeping.
+#[derive(Default)]
+pub struct TestClock {
+    offset: std::sync::Mutex<chrono::Duration>,
+}
+
+impl TestClock {
+    pub fn advance(&self, by: chrono::Duration) {
+        *self.offset.lock().unwrap() += by;
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        use chrono::SubsecRound;
+        (chrono::Utc::now() + *self.offset.lock().unwrap()).trunc_subsecs(6)
+    }
+}
+
 pub struct TestApp {
+    pub clock: Arc<TestClock>,
     pub db: TestDb,
     pub base: String,
     pub client: reqwest::Client,
@@ -140,10 +161,11 @@ impl TestApp {
         settings.key_dir = db.dir.join("keys");
         settings.workers = 1;
         settings.issuer = "http://crm.test".into();
-        let mut app =
-            Application::build_with_policy(settings.clone(), Arc::new(SystemClock), throttle)
-                .await
-                .expect("application builds");
+        settings.retention_interval_secs = 0;
+        let clock = Arc::new(TestClock::default());
+        let mut app = Application::build_with_policy(settings.clone(), clock.clone(), throttle)
+            .await
+            .expect("application builds");
         let creds = app
             .take_first_run_credentials()
             .expect("first run creates a platform admin");
@@ -151,6 +173,7 @@ impl TestApp {
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
         TestApp {
+            clock,
             base,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

@@ -108,11 +108,17 @@ pub fn verify_access_token(
     validation.set_issuer(&[&state.settings.issuer]);
     validation.set_audience(&[&state.settings.audience]);
     validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-    validation.validate_nbf = true;
-    validation.leeway = 5;
+    // Expiry is checked against the service's clock below, not the library's.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation)
         .map_err(|_| invalid_token())?;
     let c = data.claims;
+    let now = state.clock.now().timestamp();
+    const LEEWAY: i64 = 5;
+    if c.exp <= now - LEEWAY || c.nbf > now + LEEWAY || c.exp - c.iat > 900 + LEEWAY {
+        return Err(invalid_token());
+    }
     let parse = |s: &str| Uuid::parse_str(s).map_err(|_| invalid_token());
     Ok((
         TenantId::from_uuid(parse(&c.tid)?),

@@ -34,6 +34,8 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     /// HTTP worker threads.
     pub workers: usize,
+    /// Seconds between runs of the retention job; 0 turns it off.
+    pub retention_interval_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,7 @@ impl Settings {
             max_body_bytes: 1024 * 1024,
             trust_forwarded_for: false,
             workers: 2,
+            retention_interval_secs: 3600,
         }
     }
 
@@ -134,6 +137,9 @@ impl Settings {
         }
         if let Some(n) = int("CRM_WORKERS", 1, 256)? {
             s.workers = n as usize;
+        }
+        if let Some(n) = int("CRM_RETENTION_INTERVAL_SECS", 0, 7 * 24 * 3600)? {
+            s.retention_interval_secs = n as u64;
         }
         if s.environment == Environment::Production {
             if database_url.is_none() || s.database_url.starts_with("sqlite:") {

@@ -24,6 +24,8 @@ Lists use cursor pagination; writes honour `If-Match`.",
         (name = "contacts", description = "Contacts (data subjects)"),
         (name = "orders", description = "Orders and order lines"),
         (name = "gdpr", description = "Data-subject rights, suppression, settings and the audit trail (admin, dpo)"),
+        (name = "consent", description = "Purposes, consent and lawful basis"),
+        (name = "dsr", description = "Data-subject requests and retention (admin, dpo)"),
         (name = "meta", description = "Health and signing keys"),
     )
 )]

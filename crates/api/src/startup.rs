@@ -27,7 +27,7 @@ use crate::config::{Environment, Settings};
 use crate::keys::KeyStore;
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
 use crate::routes::{
-    auth, companies, contacts, gdpr, meta, orders, tenants as tenant_routes, users,
+    auth, companies, consents, contacts, dsr, gdpr, meta, orders, tenants as tenant_routes, users,
 };
 use crate::state::AppState;
 
@@ -71,7 +71,19 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(gdpr::check_suppression)
             .service(gdpr::get_settings)
             .service(gdpr::put_settings)
-            .service(gdpr::list_audit_events),
+            .service(gdpr::list_audit_events)
+            .service(consents::create_purpose)
+            .service(consents::list_purposes)
+            .service(consents::record_consent)
+            .service(consents::get_consents)
+            .service(consents::withdraw_consent)
+            .service(dsr::create_request)
+            .service(dsr::list_requests)
+            .service(dsr::get_request)
+            .service(dsr::update_request)
+            .service(dsr::get_policies)
+            .service(dsr::put_policies)
+            .service(dsr::run_retention),
     );
 }
 
@@ -347,6 +359,34 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<crm_domain::db
     Ok(db)
 }
 
+/// Applies every tenant's retention policies periodically. Each run is bounded per tenant;
+/// with several nodes each runs it, which is safe: an erased contact is simply not found again.
+fn spawn_retention_job(state: web::Data<AppState>) {
+    let every = std::time::Duration::from_secs(state.settings.retention_interval_secs);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticker.tick().await;
+            match crm_domain::retention::run_all(&state.db, &state.suppression, state.clock.now())
+                .await
+            {
+                Ok(reports) => {
+                    for r in reports {
+                        log::info!(
+                            "retention tenant={} erased={} redacted={} held={}",
+                            r.tenant_id,
+                            r.erased.len(),
+                            r.redacted.len(),
+                            r.held.len()
+                        );
+                    }
+                }
+                Err(e) => log::error!("retention job failed: {e}"),
+            }
+        }
+    });
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -385,6 +425,9 @@ impl Application {
             session_policy,
             suppression,
         });
+        if state.settings.retention_interval_secs > 0 {
+            spawn_retention_job(state.clone());
+        }
         let spec = openapi_spec();
         let spec_json = web::Data::new(SpecJson(serde_json::to_string_pretty(&spec)?));
         let table = web::Data::new(RouteTable::from_spec(&spec));

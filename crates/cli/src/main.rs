@@ -30,6 +30,7 @@ commands:
   gdpr replay-erasures [--from FILE]
                                 after restoring a backup: add the ledger entries from FILE
                                 that the restored database lacks, then re-apply every erasure
+  retention run                 apply every tenant's retention policies once
   help                          this text
 
 configuration comes from CRM_* environment variables (see README.md)";
@@ -64,6 +65,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             replay_erasures(&rest[1..])
         }
         "gdpr" if rest.first().map(String::as_str) == Some("export-ledger") => export_ledger(),
+        "retention" if rest.first().map(String::as_str) == Some("run") => retention_run(),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -245,6 +247,33 @@ fn replay_erasures(args: &[String]) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("re-applied {n} erasure(s)");
+        Ok(())
+    })
+}
+
+fn retention_run() -> anyhow::Result<()> {
+    init_logging();
+    let settings = Settings::from_env()?;
+    let secret =
+        crm_api::keys::load_suppression_secret(&settings.key_dir, settings.may_generate_keys())?;
+    runtime()?.block_on(async move {
+        let db = open_database(&settings).await?;
+        let reports = crm_domain::retention::run_all(&db, &secret, SystemClock.now())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for r in &reports {
+            println!(
+                "tenant {}: erased {}, redacted {}, held {}",
+                r.tenant_id,
+                r.erased.len(),
+                r.redacted.len(),
+                r.held.len()
+            );
+        }
+        println!(
+            "retention applied to {} tenant(s) with due records",
+            reports.len()
+        );
         Ok(())
     })
 }

@@ -8,8 +8,10 @@
 pub mod audit;
 pub mod clock;
 pub mod companies;
+pub mod consents;
 pub mod contacts;
 pub mod db;
+pub mod dsr;
 mod entities;
 pub mod error;
 pub mod gdpr;
@@ -18,6 +20,7 @@ pub mod orders;
 pub mod pagination;
 pub mod passwords;
 pub mod personal_data;
+pub mod retention;
 pub mod sessions;
 pub mod suppression;
 pub mod tenancy;

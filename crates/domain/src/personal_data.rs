@@ -348,6 +348,20 @@ pub const REGISTRY: &[TableClass] = &[
         ],
     },
     TableClass {
+        name: "retention_policies",
+        subject_link: None,
+        on_erasure: OnErasure::NotSubjectData,
+        columns: &[
+            not("id"),
+            not("tenant_id"),
+            not("record_type"),
+            not("basis"),
+            not("after_days"),
+            not("action"),
+            not("created_at"),
+        ],
+    },
+    TableClass {
         name: "audit_events",
         subject_link: None,
         on_erasure: OnErasure::NotSubjectData,

@@ -8,5 +8,6 @@ mod errors;
 mod gdpr;
 mod isolation;
 mod logs;
+mod privacy;
 mod quickstart;
 mod schema;

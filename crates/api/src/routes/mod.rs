@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod companies;
+pub mod consents;
 pub mod contacts;
+pub mod dsr;
 pub mod gdpr;
 pub mod meta;
 pub mod orders;

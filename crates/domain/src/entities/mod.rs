@@ -14,6 +14,7 @@ pub mod order_line;
 pub mod password_credential;
 pub mod purpose;
 pub mod refresh_token;
+pub mod retention_policy;
 pub mod session;
 pub mod suppression;
 pub mod tenant;
