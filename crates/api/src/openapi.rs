@@ -1,7 +1,9 @@
 //! The OpenAPI document: collected from the router's own registrations (utoipa-actix-web), then
 //! completed with the problem responses every operation can give, derived from its shape.
 
+use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi as Spec, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
@@ -113,6 +115,65 @@ fn complete(op: &mut Operation, method: &str) {
     );
 }
 
+/// Wire types and the table whose personal-data classification their fields follow.
+const PERSONAL_SCHEMAS: &[(&str, &str)] = &[
+    ("ContactOut", "contacts"),
+    ("ContactIn", "contacts"),
+    ("ContactPatch", "contacts"),
+    ("OrderOut", "orders"),
+    ("OrderIn", "orders"),
+    ("OrderPatch", "orders"),
+    ("ConsentOut", "consents"),
+    ("ConsentIn", "consents"),
+    ("DsrOut", "dsr_requests"),
+    ("DsrIn", "dsr_requests"),
+    ("DsrPatch", "dsr_requests"),
+    ("UserOut", "users"),
+    ("UserIn", "users"),
+    ("UserPatch", "users"),
+    ("CompanyOut", "companies"),
+    ("CompanyIn", "companies"),
+    ("CompanyPatch", "companies"),
+];
+
+fn extensions_of(schema: &mut Schema) -> Option<&mut Option<Extensions>> {
+    match schema {
+        Schema::Object(o) => Some(&mut o.extensions),
+        Schema::Array(a) => Some(&mut a.extensions),
+        Schema::OneOf(o) => Some(&mut o.extensions),
+        Schema::AllOf(o) => Some(&mut o.extensions),
+        Schema::AnyOf(o) => Some(&mut o.extensions),
+        _ => None,
+    }
+}
+
+/// Marks fields holding personal data with `x-personal-data: {category}`, from the domain's
+/// personal-data registry, so clients and the GDPR code agree on what is personal.
+fn mark_personal_data(spec: &mut Spec) {
+    let Some(components) = spec.components.as_mut() else {
+        return;
+    };
+    for (schema_name, table) in PERSONAL_SCHEMAS {
+        let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*schema_name)
+        else {
+            continue;
+        };
+        for (column, category) in crm_domain::personal_data::personal_columns(table) {
+            if let Some(RefOr::T(property)) = object.properties.get_mut(column)
+                && let Some(ext) = extensions_of(property)
+            {
+                let mark: Extensions = [(
+                    "x-personal-data",
+                    serde_json::json!({"category": category.as_str()}),
+                )]
+                .into_iter()
+                .collect();
+                ext.get_or_insert_with(Default::default).merge(mark);
+            }
+        }
+    }
+}
+
 /// Completes every operation of a collected spec.
 pub fn finish(mut spec: Spec) -> Spec {
     let base = ApiDoc::openapi();
@@ -137,5 +198,6 @@ pub fn finish(mut spec: Spec) -> Spec {
             }
         }
     }
+    mark_personal_data(&mut spec);
     spec
 }

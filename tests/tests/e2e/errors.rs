@@ -184,6 +184,16 @@ both!(spec_and_docs_are_served, |app| {
             }
         }
     }
+    // Personal data is marked, driven by the domain's registry.
+    let contact = &served["components"]["schemas"]["ContactOut"]["properties"];
+    for (column, category) in crm_domain::personal_data::personal_columns("contacts") {
+        assert_eq!(
+            contact[column]["x-personal-data"]["category"],
+            category.as_str(),
+            "ContactOut.{column}"
+        );
+    }
+    assert!(contact["id"].get("x-personal-data").is_none());
     let docs = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
     let html = docs.text().await.unwrap();

@@ -429,7 +429,11 @@ both!(suppression_blocks_recreation, |app| {
 
     // An explicit override with a reason is possible, and audited.
     let back = app
-        .create("/v1/contacts", &s.access, json!({"email": EMAIL, "suppression_override_reason": "person asked to be re-added, ticket 42"}))
+        .create(
+            "/v1/contacts",
+            &s.access,
+            json!({"email": EMAIL, "suppression_override_reason": "consent_renewed"}),
+        )
         .await;
     let audit: Value = app
         .get(
@@ -444,6 +448,18 @@ both!(suppression_blocks_recreation, |app| {
         .await
         .unwrap();
     assert_eq!(audit["data"][0]["details"]["suppression_overridden"], true);
+    assert_eq!(audit["data"][0]["details"]["reason"], "consent_renewed");
+    crm_e2e::assert_invalid(
+        app.post(
+            "/v1/contacts",
+            &s.access,
+            &json!({"email": "x@example.org", "suppression_override_reason": "because I said so"}),
+        )
+        .await,
+        "/suppression_override_reason",
+        "invalid_reason",
+    )
+    .await;
     // No table holds the address in clear for the erased person (only the new contact does).
     let rows = dump_all_rows(&app).await;
     let holders: Vec<&(String, String)> = rows.iter().filter(|(_, r)| r.contains(EMAIL)).collect();

@@ -66,8 +66,7 @@ impl From<Contact> for ContactOut {
 #[allow(dead_code)]
 pub struct ContactIn {
     /// Store an address of an erased (suppressed) person anyway; the reason is audited.
-    #[schema(min_length = 1, max_length = 500)]
-    suppression_override_reason: Option<String>,
+    suppression_override_reason: Option<SuppressionOverrideReason>,
     company_id: Option<Uuid>,
     #[schema(min_length = 1, max_length = 100)]
     first_name: Option<String>,
@@ -87,8 +86,7 @@ pub struct ContactIn {
 #[allow(dead_code)]
 pub struct ContactPatch {
     /// Store an address of an erased (suppressed) person anyway; the reason is audited.
-    #[schema(min_length = 1, max_length = 500)]
-    suppression_override_reason: Option<String>,
+    suppression_override_reason: Option<SuppressionOverrideReason>,
     company_id: Option<Uuid>,
     #[schema(min_length = 1, max_length = 100)]
     first_name: Option<String>,
@@ -103,6 +101,36 @@ pub struct ContactPatch {
 }
 
 list_type!(ContactList, ContactOut);
+
+/// Why a suppressed address may be stored again. A code, not free text: it goes into the audit
+/// trail, which never holds personal values.
+const OVERRIDE_REASONS: [&str; 4] = [
+    "consent_renewed",
+    "new_relationship",
+    "data_subject_request",
+    "legal_obligation",
+];
+
+fn parse_override_reason(raw: &str) -> Result<String, crm_domain::InvalidValue> {
+    OVERRIDE_REASONS
+        .contains(&raw)
+        .then(|| raw.to_owned())
+        .ok_or_else(|| {
+            crm_domain::InvalidValue::new(
+                "invalid_reason",
+                format!("must be one of {}", OVERRIDE_REASONS.join(", ")),
+            )
+        })
+}
+
+#[derive(Deserialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionOverrideReason {
+    ConsentRenewed,
+    NewRelationship,
+    DataSubjectRequest,
+    LegalObligation,
+}
 
 const FIELDS: &[&str] = &[
     "company_id",
@@ -126,7 +154,7 @@ fn read_new(body: &Value) -> Result<(NewContact, Option<String>), ApiError> {
         phone: i.string("phone", false, phone),
         job_title: i.string("job_title", false, text(1, 100)),
     };
-    let reason = i.string("suppression_override_reason", false, text(1, 500));
+    let reason = i.string("suppression_override_reason", false, parse_override_reason);
     i.finish()?;
     Ok((input, reason))
 }
@@ -143,7 +171,7 @@ fn read_patch(body: &Value) -> Result<(ContactChanges, Option<String>), ApiError
         phone: i.patch_string("phone", true, phone),
         job_title: i.patch_string("job_title", true, text(1, 100)),
     };
-    let reason = i.string("suppression_override_reason", false, text(1, 500));
+    let reason = i.string("suppression_override_reason", false, parse_override_reason);
     i.finish()?;
     Ok((changes, reason))
 }
