@@ -5,6 +5,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod helpers;
 mod m20261130_000001_foundation;
 mod m20261130_000002_gdpr;
 
