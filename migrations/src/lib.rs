@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod helpers;
 mod m20261130_000001_foundation;
 mod m20261130_000002_gdpr;
+mod m20261130_000003_integration_clients;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261130_000001_foundation::Migration),
             Box::new(m20261130_000002_gdpr::Migration),
+            Box::new(m20261130_000003_integration_clients::Migration),
         ]
     }
 }

@@ -12,10 +12,11 @@ use std::pin::Pin;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
+use crm_domain::clients::{self, ClientPrincipal};
 use crm_domain::ids::{SessionId, TenantId, UserId};
 use crm_domain::sessions::{self, IssuedSession};
 use crm_domain::values::Role;
-use crm_domain::{Principal, TenantKind};
+use crm_domain::{Principal, Tenant, TenantKind};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -42,12 +43,58 @@ pub struct AccessClaims {
     pub jti: String,
     /// Tenant id.
     pub tid: String,
-    /// Session id.
-    pub sid: String,
+    /// Session id (user tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    #[serde(default)]
     pub roles: Vec<String>,
-    /// Authentication methods (RFC 8176), e.g. `pwd`.
+    /// Authentication methods (RFC 8176), e.g. `pwd` (user tokens).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
-    pub auth_time: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+    /// Space-separated scopes (integration client tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The OAuth client id (integration client tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+fn sign(state: &AppState, claims: &AccessClaims) -> Result<String, ApiError> {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some(TOKEN_TYPE.into());
+    header.kid = Some(state.keys.current.kid.clone());
+    jsonwebtoken::encode(&header, claims, &state.keys.current.encoding)
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing access token")))
+}
+
+/// Signs an access token for an integration client with the granted scopes.
+pub fn issue_client_token(
+    state: &AppState,
+    client: &crm_domain::clients::ClientPrincipal,
+    client_id: &str,
+    scopes: &[String],
+) -> Result<(String, i64), ApiError> {
+    let now = state.clock.now();
+    let ttl = state.settings.access_token_ttl;
+    let claims = AccessClaims {
+        iss: state.settings.issuer.clone(),
+        sub: client.id.to_string(),
+        aud: state.settings.audience.clone(),
+        exp: (now + ttl).timestamp(),
+        iat: now.timestamp(),
+        nbf: now.timestamp(),
+        jti: Uuid::now_v7().to_string(),
+        tid: client.tenant.id().to_string(),
+        sid: None,
+        roles: Vec::new(),
+        amr: Vec::new(),
+        auth_time: None,
+        scope: Some(scopes.join(" ")),
+        client_id: Some(client_id.to_owned()),
+    };
+    Ok((sign(state, &claims)?, ttl.num_seconds()))
 }
 
 /// Signs an access token for a session that was just started or refreshed.
@@ -67,16 +114,14 @@ pub fn issue_access_token(
         nbf: now.timestamp(),
         jti: Uuid::now_v7().to_string(),
         tid: p.tenant.id().to_string(),
-        sid: p.session_id.to_string(),
+        sid: Some(p.session_id.to_string()),
         roles: vec![p.role.as_str().to_owned()],
         amr: session.amr.clone(),
-        auth_time: session.auth_time.timestamp(),
+        auth_time: Some(session.auth_time.timestamp()),
+        scope: None,
+        client_id: None,
     };
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.typ = Some(TOKEN_TYPE.into());
-    header.kid = Some(state.keys.current.kid.clone());
-    let token = jsonwebtoken::encode(&header, &claims, &state.keys.current.encoding)
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing access token")))?;
+    let token = sign(state, &claims)?;
     Ok((token, ttl.num_seconds()))
 }
 
@@ -87,11 +132,15 @@ fn invalid_token() -> ApiError {
     }
 }
 
+/// Who a verified access token speaks for.
+pub enum TokenSubject {
+    User(TenantId, UserId, SessionId),
+    /// The client, and the scopes the token was granted.
+    Client(TenantId, Uuid, Vec<String>),
+}
+
 /// Verifies signature, `typ`, `alg`, `kid`, `iss`, `aud`, `exp`, `nbf` and the claim shapes.
-pub fn verify_access_token(
-    state: &AppState,
-    token: &str,
-) -> Result<(TenantId, UserId, SessionId), ApiError> {
+pub fn verify_access_token(state: &AppState, token: &str) -> Result<TokenSubject, ApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| invalid_token())?;
     let typ_ok = header.typ.as_deref().is_some_and(|t| {
         t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt")
@@ -120,11 +169,24 @@ pub fn verify_access_token(
         return Err(invalid_token());
     }
     let parse = |s: &str| Uuid::parse_str(s).map_err(|_| invalid_token());
-    Ok((
-        TenantId::from_uuid(parse(&c.tid)?),
-        UserId::from_uuid(parse(&c.sub)?),
-        SessionId::from_uuid(parse(&c.sid)?),
-    ))
+    let tenant = TenantId::from_uuid(parse(&c.tid)?);
+    match (&c.sid, &c.scope) {
+        (Some(sid), None) => Ok(TokenSubject::User(
+            tenant,
+            UserId::from_uuid(parse(&c.sub)?),
+            SessionId::from_uuid(parse(sid)?),
+        )),
+        (None, Some(scope)) => Ok(TokenSubject::Client(
+            tenant,
+            parse(&c.sub)?,
+            scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )),
+        _ => Err(invalid_token()),
+    }
 }
 
 fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
@@ -144,15 +206,34 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(token.trim().to_owned())
 }
 
-async fn authenticate(req: HttpRequest) -> Result<Principal, ApiError> {
+/// A verified caller: a signed-in user or an integration client.
+pub enum Authenticated {
+    User(Principal),
+    Client(ClientPrincipal),
+}
+
+async fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))?;
-    let token = bearer(&req)?;
-    let (tid, uid, sid) = verify_access_token(&state, &token)?;
+    let token = bearer(req)?;
     let now = state.clock.now();
-    Ok(sessions::authenticate(&state.db, tid, uid, sid, now).await?)
+    match verify_access_token(&state, &token)? {
+        TokenSubject::User(tid, uid, sid) => Ok(Authenticated::User(
+            sessions::authenticate(&state.db, tid, uid, sid, now).await?,
+        )),
+        TokenSubject::Client(tid, id, granted) => {
+            // The token's scopes, as far as the client still holds them.
+            let mut client = clients::authenticate_token(&state.db, tid, id).await?;
+            client.scopes.retain(|s| granted.contains(s));
+            Ok(Authenticated::Client(client))
+        }
+    }
+}
+
+fn request_id(req: &HttpRequest) -> Option<String> {
+    req.extensions().get::<RequestId>().map(|r| r.0.clone())
 }
 
 macro_rules! caller_type {
@@ -167,8 +248,13 @@ macro_rules! caller_type {
             fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
                 let req = req.clone();
                 Box::pin(async move {
-                    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-                    let principal = authenticate(req).await?;
+                    let request_id = request_id(&req);
+                    let principal = match authenticate(&req).await? {
+                        Authenticated::User(p) => p,
+                        Authenticated::Client(_) => {
+                            return Err(ApiError::forbidden("this operation is for signed-in users, not integration clients"));
+                        }
+                    };
                     let allowed: fn(&Principal) -> bool = $allowed;
                     if allowed(&principal) {
                         let actor = Actor::user(&principal, request_id);
@@ -188,18 +274,71 @@ caller_type!(
     |_| true,
     "not allowed"
 );
-caller_type!(
-    /// May read CRM records: tenant admin, dpo, member, viewer.
-    CrmReader,
-    |p| p.tenant_kind == TenantKind::Customer && p.role.can_read_crm(),
-    "reading CRM records needs a tenant role"
-);
-caller_type!(
-    /// May write CRM records: tenant admin, dpo, member.
-    CrmWriter,
-    |p| p.tenant_kind == TenantKind::Customer && p.role.can_write_crm(),
-    "changing CRM records needs the admin, dpo or member role"
-);
+/// The tenant a scoped operation runs in, for a user or an integration client.
+pub struct Access {
+    pub tenant: Tenant,
+}
+
+macro_rules! scoped_type {
+    ($(#[$meta:meta])* $name:ident, $scope:literal, $write:expr) => {
+        $(#[$meta])*
+        pub struct $name(pub Access, pub Actor);
+
+        impl $name {
+            pub const SCOPE: &'static str = $scope;
+        }
+
+        impl FromRequest for $name {
+            type Error = ApiError;
+            type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+            fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+                let req = req.clone();
+                Box::pin(async move {
+                    let request_id = request_id(&req);
+                    let write: bool = $write;
+                    match authenticate(&req).await? {
+                        Authenticated::User(p) => {
+                            let allowed = p.tenant_kind == TenantKind::Customer
+                                && if write { p.role.can_write_crm() } else { p.role.can_read_crm() };
+                            if !allowed {
+                                return Err(ApiError::forbidden(if write {
+                                    "changing CRM records needs the admin, dpo or member role"
+                                } else {
+                                    "reading CRM records needs a tenant role"
+                                }));
+                            }
+                            let actor = Actor::user(&p, request_id);
+                            Ok($name(Access { tenant: p.tenant }, actor))
+                        }
+                        Authenticated::Client(c) => {
+                            if !c.scopes.iter().any(|s| s == $scope) {
+                                return Err(ApiError::status(
+                                    actix_web::http::StatusCode::FORBIDDEN,
+                                    "insufficient_scope",
+                                    concat!("this operation needs the scope ", $scope),
+                                ));
+                            }
+                            let actor = Actor::client(c.id, request_id);
+                            Ok($name(Access { tenant: c.tenant }, actor))
+                        }
+                    }
+                })
+            }
+        }
+    };
+}
+
+scoped_type!(ContactsRead, "contacts:read", false);
+scoped_type!(ContactsWrite, "contacts:write", true);
+scoped_type!(CompaniesRead, "companies:read", false);
+scoped_type!(CompaniesWrite, "companies:write", true);
+scoped_type!(OrdersRead, "orders:read", false);
+scoped_type!(OrdersWrite, "orders:write", true);
+scoped_type!(ConsentsRead, "consents:read", false);
+scoped_type!(ConsentsWrite, "consents:write", true);
+scoped_type!(SuppressionRead, "suppression:read", false);
+
 caller_type!(
     /// May run GDPR operations: tenant admin or dpo.
     GdprOfficer,

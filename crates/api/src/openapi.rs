@@ -4,7 +4,9 @@
 use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::Schema;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    ClientCredentials, Flow, HttpAuthScheme, HttpBuilder, OAuth2, Scopes, SecurityScheme,
+};
 use utoipa::openapi::{Content, OpenApi as Spec, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
@@ -22,6 +24,7 @@ Lists use cursor pagination; writes honour `If-Match`.",
         (name = "auth", description = "Signing in, tokens and the caller's own account"),
         (name = "tenants", description = "Customer tenants (platform admins)"),
         (name = "users", description = "Users of a tenant (tenant admins)"),
+        (name = "clients", description = "Integration clients for partners (tenant admins)"),
         (name = "companies", description = "Companies"),
         (name = "contacts", description = "Contacts (data subjects)"),
         (name = "orders", description = "Orders and order lines"),
@@ -47,6 +50,14 @@ impl Modify for Security {
                     .description(Some("Access token from /v1/auth/login or /v1/auth/refresh"))
                     .build(),
             ),
+        );
+        let scopes = Scopes::from_iter(crm_domain::clients::SCOPES.iter().map(|s| (*s, *s)));
+        components.add_security_scheme(
+            "oauth2",
+            SecurityScheme::OAuth2(OAuth2::with_description(
+                [Flow::ClientCredentials(ClientCredentials::new("/v1/oauth/token", scopes))],
+                "Integration clients: client credentials grant; the token is sent as a bearer token",
+            )),
         );
     }
 }

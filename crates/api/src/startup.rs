@@ -27,7 +27,8 @@ use crate::config::{Environment, Settings};
 use crate::keys::KeyStore;
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
 use crate::routes::{
-    auth, companies, consents, contacts, dsr, gdpr, meta, orders, tenants as tenant_routes, users,
+    auth, clients, companies, consents, contacts, dsr, gdpr, meta, orders,
+    tenants as tenant_routes, users,
 };
 use crate::state::AppState;
 
@@ -40,6 +41,12 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(auth::logout)
             .service(auth::me)
             .service(auth::change_password)
+            .service(clients::token)
+            .service(clients::create_client)
+            .service(clients::list_clients)
+            .service(clients::get_client)
+            .service(clients::rotate_secret)
+            .service(clients::revoke_client)
             .service(tenant_routes::create_tenant)
             .service(tenant_routes::list_tenants)
             .service(tenant_routes::get_tenant)
@@ -228,15 +235,16 @@ fn status_code_name(status: StatusCode) -> String {
     }
 }
 
-/// Turns any error response that is not yet a problem document (the framework's own) into one.
+/// Turns any error response that is not JSON yet (the framework's own) into a problem document.
+/// JSON error bodies are ours: problem documents, and RFC 6749 errors of the token endpoint.
 fn ensure_problem(res: ServiceResponse) -> ServiceResponse<BoxBody> {
     let status = res.status();
-    let is_problem = res
+    let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON) || v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return res.map_into_boxed_body();
     }
     if let Some(err) = res.response().error() {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::entities::audit_event;
 use crate::error::DomainResult;
-use crate::ids::{TenantId, UserId};
+use crate::ids::TenantId;
 use crate::pagination::{Page, PageRequest};
 use crate::tenancy::{Principal, Tenant};
 
@@ -23,8 +23,9 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 /// Who did something, and in which request.
 #[derive(Clone, Debug)]
 pub struct Actor {
-    pub user_id: Option<UserId>,
-    /// `user`, `system` (scheduled jobs) or `cli`.
+    /// The user's or integration client's id.
+    pub actor_id: Option<Uuid>,
+    /// `user`, `client`, `system` (scheduled jobs) or `cli`.
     pub kind: &'static str,
     pub request_id: Option<String>,
 }
@@ -32,15 +33,23 @@ pub struct Actor {
 impl Actor {
     pub fn user(principal: &Principal, request_id: Option<String>) -> Self {
         Actor {
-            user_id: Some(principal.user_id),
+            actor_id: Some(principal.user_id.as_uuid()),
             kind: "user",
+            request_id,
+        }
+    }
+
+    pub fn client(client_id: Uuid, request_id: Option<String>) -> Self {
+        Actor {
+            actor_id: Some(client_id),
+            kind: "client",
             request_id,
         }
     }
 
     pub fn system() -> Self {
         Actor {
-            user_id: None,
+            actor_id: None,
             kind: "system",
             request_id: None,
         }
@@ -135,7 +144,7 @@ pub async fn record(
         tenant_id: tenant.as_uuid(),
         seq,
         occurred_at: now,
-        actor_id: actor.user_id.map(UserId::as_uuid),
+        actor_id: actor.actor_id,
         actor_kind: actor.kind.to_owned(),
         action: event.action.to_owned(),
         object_type: event.object_type.to_owned(),

@@ -247,7 +247,7 @@ pub async fn record_consent(
         channel: Set(input.channel.clone()),
         source: Set(input.source.clone()),
         evidence: Set(input.evidence.clone()),
-        recorded_by: Set(actor.user_id.map(|u| u.as_uuid())),
+        recorded_by: Set(actor.actor_id),
         recorded_at: Set(now),
     })
     .exec_without_returning(&txn)
@@ -275,7 +275,7 @@ pub async fn record_consent(
         channel: input.channel,
         source: input.source,
         evidence: input.evidence,
-        recorded_by: actor.user_id.map(|u| u.as_uuid()),
+        recorded_by: actor.actor_id,
         recorded_at: now,
     })
 }

@@ -362,6 +362,23 @@ pub const REGISTRY: &[TableClass] = &[
         ],
     },
     TableClass {
+        name: "integration_clients",
+        subject_link: None,
+        on_erasure: OnErasure::NotSubjectData,
+        columns: &[
+            not("id"),
+            not("tenant_id"),
+            not("client_id"),
+            not("name"),
+            hidden("secret_hash", Account),
+            not("scopes"),
+            not("active"),
+            not("created_at"),
+            not("updated_at"),
+            not("secret_rotated_at"),
+        ],
+    },
+    TableClass {
         name: "audit_events",
         subject_link: None,
         on_erasure: OnErasure::NotSubjectData,

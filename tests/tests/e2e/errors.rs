@@ -151,6 +151,7 @@ both!(spec_and_docs_are_served, |app| {
     let public = [
         "/v1/auth/login",
         "/v1/auth/refresh",
+        "/v1/oauth/token",
         "/health",
         "/.well-known/jwks.json",
     ];

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{QueryErrors, created, if_match, list_type, path_id, with_etag};
-use crate::auth::{CrmReader, CrmWriter};
+use crate::auth::{CompaniesRead, CompaniesWrite};
 use crate::input::{Input, text};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -86,11 +86,11 @@ const FIELDS: &[&str] = &["name", "domain", "phone", "industry"];
     request_body(content = CompanyIn, content_type = "application/json"),
     responses((status = 201, description = "Created", body = CompanyOut,
                headers(("ETag" = String, description = "Version"), ("Location" = String)))),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["companies:write"]))
 )]
 #[post("/companies")]
 pub async fn create_company(
-    caller: CrmWriter,
+    caller: CompaniesWrite,
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -138,11 +138,11 @@ pub struct CompanyQuery {
     tag = "companies",
     params(CompanyQuery),
     responses((status = 200, description = "A page of companies", body = CompanyList)),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["companies:read"]))
 )]
 #[get("/companies")]
 pub async fn list_companies(
-    caller: CrmReader,
+    caller: CompaniesRead,
     state: web::Data<AppState>,
     query: web::Query<CompanyQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -162,11 +162,11 @@ pub async fn list_companies(
     params(("id" = Uuid, Path, description = "Company id")),
     responses((status = 200, description = "The company", body = CompanyOut,
                headers(("ETag" = String, description = "Version")))),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["companies:read"]))
 )]
 #[get("/companies/{id}")]
 pub async fn get_company(
-    caller: CrmReader,
+    caller: CompaniesRead,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -190,11 +190,11 @@ pub async fn get_company(
     request_body(content = CompanyPatch, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The changed company", body = CompanyOut,
                headers(("ETag" = String, description = "New version")))),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["companies:write"]))
 )]
 #[patch("/companies/{id}")]
 pub async fn update_company(
-    caller: CrmWriter,
+    caller: CompaniesWrite,
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
@@ -236,11 +236,11 @@ pub async fn update_company(
         ("If-Match" = Option<String>, Header, description = "ETag of the version being deleted"),
     ),
     responses((status = 204, description = "Deleted")),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["companies:write"]))
 )]
 #[delete("/companies/{id}")]
 pub async fn delete_company(
-    caller: CrmWriter,
+    caller: CompaniesWrite,
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,

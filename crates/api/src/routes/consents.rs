@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::path_id;
-use crate::auth::{CrmReader, CrmWriter, GdprOfficer};
+use crate::auth::{ConsentsRead, ConsentsWrite, GdprOfficer};
 use crate::input::{Input, text};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -98,11 +98,11 @@ pub async fn create_purpose(
 #[utoipa::path(
     tag = "consent",
     responses((status = 200, description = "All purposes", body = PurposeList)),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["consents:read"]))
 )]
 #[get("/purposes")]
 pub async fn list_purposes(
-    caller: CrmReader,
+    caller: ConsentsRead,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let data = consents::list_purposes(&state.db, &caller.0.tenant).await?;
@@ -214,11 +214,11 @@ pub struct ConsentState {
     params(("id" = Uuid, Path, description = "Contact id")),
     request_body(content = ConsentIn, content_type = "application/json"),
     responses((status = 201, description = "Recorded", body = ConsentOut)),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["consents:write"]))
 )]
 #[post("/contacts/{id}/consents")]
 pub async fn record_consent(
-    caller: CrmWriter,
+    caller: ConsentsWrite,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: web::Json<Value>,
@@ -281,11 +281,11 @@ pub async fn record_consent(
     tag = "consent",
     params(("id" = Uuid, Path, description = "Contact id")),
     responses((status = 200, description = "Consent state", body = ConsentState)),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["consents:read"]))
 )]
 #[get("/contacts/{id}/consents")]
 pub async fn get_consents(
-    caller: CrmReader,
+    caller: ConsentsRead,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -311,11 +311,11 @@ pub struct WithdrawIn {
     params(("id" = Uuid, Path, description = "Contact id"), ("purpose" = String, Path, description = "Purpose key")),
     request_body(content = WithdrawIn, content_type = "application/json"),
     responses((status = 201, description = "The withdrawal record", body = ConsentOut)),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["consents:write"]))
 )]
 #[post("/contacts/{id}/consents/{purpose}/withdraw")]
 pub async fn withdraw_consent(
-    caller: CrmWriter,
+    caller: ConsentsWrite,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
     body: web::Json<Value>,

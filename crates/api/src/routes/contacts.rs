@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{QueryErrors, created, if_match, list_type, path_id, with_etag};
-use crate::auth::{CrmReader, CrmWriter};
+use crate::auth::{ContactsRead, ContactsWrite};
 use crate::input::{self, Input, text};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -185,11 +185,11 @@ fn read_patch(body: &Value) -> Result<(ContactChanges, Option<String>), ApiError
          headers(("ETag" = String, description = "Version of the contact"), ("Location" = String))),
         (status = 409, description = "A contact with this e-mail exists (`email_taken`), the address is suppressed (`email_suppressed`) or the contact is redacted (`contact_redacted`)", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["contacts:write"]))
 )]
 #[post("/contacts")]
 pub async fn create_contact(
-    caller: CrmWriter,
+    caller: ContactsWrite,
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -239,11 +239,11 @@ pub struct ContactQuery {
     tag = "contacts",
     params(ContactQuery),
     responses((status = 200, description = "A page of contacts", body = ContactList)),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["contacts:read"]))
 )]
 #[get("/contacts")]
 pub async fn list_contacts(
-    caller: CrmReader,
+    caller: ContactsRead,
     state: web::Data<AppState>,
     query: web::Query<ContactQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -272,11 +272,11 @@ pub async fn list_contacts(
     params(("id" = Uuid, Path, description = "Contact id")),
     responses((status = 200, description = "The contact", body = ContactOut,
                headers(("ETag" = String, description = "Version of the contact")))),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["contacts:read"]))
 )]
 #[get("/contacts/{id}")]
 pub async fn get_contact(
-    caller: CrmReader,
+    caller: ContactsRead,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -304,11 +304,11 @@ pub async fn get_contact(
          headers(("ETag" = String, description = "New version"))),
         (status = 409, description = "A contact with this e-mail exists (`email_taken`), the address is suppressed (`email_suppressed`) or the contact is redacted (`contact_redacted`)", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["contacts:write"]))
 )]
 #[patch("/contacts/{id}")]
 pub async fn update_contact(
-    caller: CrmWriter,
+    caller: ContactsWrite,
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
@@ -348,11 +348,11 @@ pub async fn update_contact(
         ("If-Match" = Option<String>, Header, description = "ETag of the version being deleted"),
     ),
     responses((status = 204, description = "Deleted")),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["contacts:write"]))
 )]
 #[delete("/contacts/{id}")]
 pub async fn delete_contact(
-    caller: CrmWriter,
+    caller: ContactsWrite,
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{QueryErrors, list_type, path_id};
-use crate::auth::{CrmReader, GdprOfficer};
+use crate::auth::{GdprOfficer, SuppressionRead};
 use crate::input::{self, Input, text};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -282,11 +282,11 @@ pub struct SuppressionCheckOut {
     tag = "gdpr",
     request_body(content = SuppressionCheckIn, content_type = "application/json"),
     responses((status = 200, description = "One result per address, in order", body = SuppressionCheckOut)),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["suppression:read"]))
 )]
 #[post("/suppression/check")]
 pub async fn check_suppression(
-    caller: CrmReader,
+    caller: SuppressionRead,
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {

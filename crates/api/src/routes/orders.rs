@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{QueryErrors, created, if_match, list_type, path_id, with_etag};
-use crate::auth::{CrmReader, CrmWriter};
+use crate::auth::{OrdersRead, OrdersWrite};
 use crate::input::{self, Input, text};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -196,11 +196,11 @@ fn read_lines(i: &mut Input<'_>) -> Option<Vec<NewOrderLine>> {
     request_body(content = OrderIn, content_type = "application/json"),
     responses((status = 201, description = "Created", body = OrderOut,
                headers(("ETag" = String, description = "Version"), ("Location" = String)))),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["orders:write"]))
 )]
 #[post("/orders")]
 pub async fn create_order(
-    caller: CrmWriter,
+    caller: OrdersWrite,
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -267,11 +267,11 @@ pub struct OrderQuery {
     tag = "orders",
     params(OrderQuery),
     responses((status = 200, description = "A page of orders", body = OrderList)),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["orders:read"]))
 )]
 #[get("/orders")]
 pub async fn list_orders(
-    caller: CrmReader,
+    caller: OrdersRead,
     state: web::Data<AppState>,
     query: web::Query<OrderQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -302,11 +302,11 @@ pub async fn list_orders(
     params(("id" = Uuid, Path, description = "Order id")),
     responses((status = 200, description = "The order", body = OrderOut,
                headers(("ETag" = String, description = "Version")))),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["orders:read"]))
 )]
 #[get("/orders/{id}")]
 pub async fn get_order(
-    caller: CrmReader,
+    caller: OrdersRead,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -327,11 +327,11 @@ pub async fn get_order(
     request_body(content = OrderPatch, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The changed order", body = OrderOut,
                headers(("ETag" = String, description = "New version")))),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["orders:write"]))
 )]
 #[patch("/orders/{id}")]
 pub async fn update_order(
-    caller: CrmWriter,
+    caller: OrdersWrite,
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
@@ -385,11 +385,11 @@ pub async fn update_order(
         (status = 204, description = "Deleted"),
         (status = 409, description = "The order reached the books (`order_not_deletable`)", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("oauth2" = ["orders:write"]))
 )]
 #[delete("/orders/{id}")]
 pub async fn delete_order(
-    caller: CrmWriter,
+    caller: OrdersWrite,
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,

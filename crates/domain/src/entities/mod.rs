@@ -9,6 +9,7 @@ pub mod contact;
 pub mod dsr_request;
 pub mod erasure_ledger;
 pub mod gdpr_setting;
+pub mod integration_client;
 pub mod order;
 pub mod order_line;
 pub mod password_credential;
