@@ -306,33 +306,22 @@ pub async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
             "the form could not be parsed",
         );
     };
-    let field = |name: &str| -> Result<Option<String>, HttpResponse> {
-        let mut values = form
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.clone());
-        let first = values.next();
-        if values.next().is_some() {
-            return Err(oauth_error(
+    for (i, (k, _)) in form.iter().enumerate() {
+        if form[..i].iter().any(|(earlier, _)| earlier == k) {
+            return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "a parameter is repeated",
-            ));
+            );
         }
-        Ok(first)
-    };
-    let parsed = (|| {
-        Ok::<_, HttpResponse>((
-            field("grant_type")?,
-            field("scope")?,
-            field("client_id")?,
-            field("client_secret")?,
-        ))
-    })();
-    let (grant_type, scope, form_id, form_secret) = match parsed {
-        Ok(v) => v,
-        Err(resp) => return resp,
-    };
+    }
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let (grant_type, scope, form_id, form_secret) = (
+        field("grant_type"),
+        field("scope"),
+        field("client_id"),
+        field("client_secret"),
+    );
     match grant_type.as_deref() {
         Some("client_credentials") => {}
         Some(_) => {
