@@ -189,6 +189,21 @@ impl TestApp {
         }
     }
 
+    /// Stops the server and starts it again on the same database, keys and clock (e.g. after
+    /// rotating keys). The address changes.
+    pub async fn restart(&mut self) {
+        self.handle.stop(true).await;
+        let mut settings = self.settings.clone();
+        settings.listen_addr = "127.0.0.1:0".into();
+        let app =
+            Application::build_with_policy(settings, self.clock.clone(), ThrottlePolicy::default())
+                .await
+                .expect("application rebuilds");
+        self.base = format!("http://127.0.0.1:{}", app.port());
+        self.handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+    }
+
     /// Stops the server and removes its database.
     pub async fn cleanup(self) {
         self.handle.stop(false).await;

@@ -215,3 +215,26 @@ pub fn load_suppression_secret(
         bytes,
     ))
 }
+
+/// The kids of the keys in `dir`, oldest first (the last one signs).
+pub fn list_kids(dir: &Path) -> Result<Vec<String>, KeyError> {
+    let mut kids = list_keys(dir)?;
+    kids.sort();
+    Ok(kids)
+}
+
+/// Removes a key: tokens it signed are refused once the service restarts. Refuses to remove
+/// the only key.
+pub fn remove_key(dir: &Path, kid: &str) -> Result<(), KeyError> {
+    let display = dir.display().to_string();
+    let kids = list_kids(dir)?;
+    if !kids.iter().any(|k| k == kid) {
+        return Err(KeyError::Missing(format!("{display}/{kid}.pem")));
+    }
+    if kids.len() == 1 {
+        return Err(KeyError::Format(format!(
+            "{display}/{kid}.pem is the only signing key"
+        )));
+    }
+    std::fs::remove_file(dir.join(format!("{kid}.pem"))).map_err(|e| KeyError::Io(display, e))
+}

@@ -31,6 +31,9 @@ commands:
                                 after restoring a backup: add the ledger entries from FILE
                                 that the restored database lacks, then re-apply every erasure
   retention run                 apply every tenant's retention policies once
+  keys list                     list signing keys (the last one signs)
+  keys rotate                   add a new signing key; restart the service to use it
+  keys remove KID               remove a key; its tokens fail after the next restart
   help                          this text
 
 configuration comes from CRM_* environment variables (see README.md)";
@@ -66,6 +69,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         }
         "gdpr" if rest.first().map(String::as_str) == Some("export-ledger") => export_ledger(),
         "retention" if rest.first().map(String::as_str) == Some("run") => retention_run(),
+        "keys" => keys(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -276,4 +280,35 @@ fn retention_run() -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+fn keys(args: &[String]) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let dir = &settings.key_dir;
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["list"] => {
+            for kid in crm_api::keys::list_kids(dir)? {
+                println!("{kid}");
+            }
+            Ok(())
+        }
+        ["rotate"] => {
+            let kid = crm_api::keys::generate_key(dir)?;
+            println!(
+                "added signing key {kid}; restart the service to sign with it (older keys keep verifying)"
+            );
+            Ok(())
+        }
+        ["remove", kid] => {
+            crm_api::keys::remove_key(dir, kid)?;
+            println!("removed {kid}; tokens it signed are refused after the next restart");
+            Ok(())
+        }
+        _ => bail!("usage: crm keys list | rotate | remove KID"),
+    }
 }

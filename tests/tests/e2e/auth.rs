@@ -691,3 +691,60 @@ both!(tenant_management, |app| {
         .unwrap();
     assert!(list["data"].as_array().unwrap().len() >= 2);
 });
+
+/// Rotation: a new key signs, the previous one keeps verifying its tokens until they expire,
+/// a removed key's tokens fail. Keys are read at start, so each step restarts the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_rotate() {
+    let mut app = TestApp::spawn(crm_e2e::Backend::Sqlite).await;
+    let s = app.new_tenant().await;
+    let old_kid = header_of(&s.access)["kid"].as_str().unwrap().to_owned();
+
+    let new_kid = crm_api::keys::generate_key(&app.key_dir).unwrap();
+    app.restart().await;
+    let jwks: Value = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kids,
+        vec![old_kid.as_str(), new_kid.as_str()],
+        "both published"
+    );
+    assert_eq!(
+        app.get("/v1/me", &s.access).await.status(),
+        StatusCode::OK,
+        "old key still verifies"
+    );
+    let fresh = app.session(&s.tenant, &s.email, PASSWORD).await;
+    assert_eq!(
+        header_of(&fresh.access)["kid"],
+        new_kid.as_str(),
+        "the new key signs"
+    );
+
+    assert!(crm_api::keys::remove_key(&app.key_dir, "nope").is_err());
+    crm_api::keys::remove_key(&app.key_dir, &old_kid).unwrap();
+    assert!(
+        crm_api::keys::remove_key(&app.key_dir, &new_kid).is_err(),
+        "the last key stays"
+    );
+    app.restart().await;
+    assert_problem(app.get("/v1/me", &s.access).await, 401, "invalid_token").await;
+    assert_eq!(
+        app.get("/v1/me", &fresh.access).await.status(),
+        StatusCode::OK
+    );
+    app.cleanup().await;
+}
