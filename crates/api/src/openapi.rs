@@ -109,6 +109,9 @@ fn complete(op: &mut Operation, method: &str) {
         add(op, "413", "Request body too large");
         add(op, "415", "Content type is not JSON");
     }
+    if has_query {
+        add(op, "400", "A query parameter is repeated or not decodable");
+    }
     if has_body || has_query {
         add(
             op,

@@ -10,7 +10,7 @@ use sea_orm::{
 
 use crate::audit::{self, Actor, Event};
 use crate::companies::{company_exists, lower_like};
-use crate::entities::{contact, order};
+use crate::entities::{contact, dsr_request, order};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{CompanyId, ContactId};
 use crate::pagination::{Page, PageRequest};
@@ -377,6 +377,16 @@ pub async fn delete_contact(
     let current = get_contact(&txn, tenant, id).await?;
     check_version(if_match, current.version)?;
     let tid = tenant.id().as_uuid();
+    // The register of requests is kept (the controller's record of compliance), detached.
+    dsr_request::Entity::update_many()
+        .col_expr(
+            dsr_request::Column::ContactId,
+            Expr::value(Option::<uuid::Uuid>::None),
+        )
+        .filter(dsr_request::Column::TenantId.eq(tid))
+        .filter(dsr_request::Column::ContactId.eq(id.as_uuid()))
+        .exec(&txn)
+        .await?;
     order::Entity::update_many()
         .col_expr(
             order::Column::ContactId,

@@ -572,3 +572,58 @@ both!(retention_job_with_an_injected_clock, |app| {
         .unwrap();
     assert_eq!(c["first_name"], "[redacted]");
 });
+
+both!(deleting_a_contact_keeps_its_requests_detached, |app| {
+    let admin = app.new_tenant().await;
+    let contact = app
+        .create(
+            "/v1/contacts",
+            &admin.access,
+            json!({"email": "leaving@example.org"}),
+        )
+        .await;
+    let request = app
+        .create(
+            "/v1/dsr",
+            &admin.access,
+            json!({"kind": "objection", "contact_id": contact["id"]}),
+        )
+        .await;
+    let purpose = app
+        .post(
+            "/v1/purposes",
+            &admin.access,
+            &json!({"key": "calls", "name": "Sales calls"}),
+        )
+        .await;
+    assert_eq!(purpose.status(), StatusCode::CREATED);
+    let consent = json!({"purpose": "calls", "status": "granted", "lawful_basis": "legitimate_interests", "channel": "phone"});
+    assert_eq!(
+        app.post(
+            &format!("/v1/contacts/{}/consents", contact["id"].as_str().unwrap()),
+            &admin.access,
+            &consent
+        )
+        .await
+        .status(),
+        StatusCode::CREATED
+    );
+    let resp = app
+        .delete(
+            &format!("/v1/contacts/{}", contact["id"].as_str().unwrap()),
+            &admin.access,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let kept: Value = app
+        .get(
+            &format!("/v1/dsr/{}", request["id"].as_str().unwrap()),
+            &admin.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["contact_id"], Value::Null);
+    assert_eq!(kept["kind"], "objection");
+});

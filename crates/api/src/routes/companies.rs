@@ -55,7 +55,11 @@ pub struct CompanyIn {
     name: String,
     #[schema(max_length = 253, example = "example.com")]
     domain: Option<String>,
-    #[schema(min_length = 3, max_length = 32)]
+    #[schema(
+        min_length = 3,
+        max_length = 32,
+        pattern = r"^\+?([ ().-]*[0-9]){3}[0-9 ().-]*$"
+    )]
     phone: Option<String>,
     #[schema(min_length = 1, max_length = 100)]
     industry: Option<String>,
@@ -66,11 +70,15 @@ pub struct CompanyIn {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct CompanyPatch {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, nullable = false)]
     name: Option<String>,
     #[schema(max_length = 253)]
     domain: Option<String>,
-    #[schema(min_length = 3, max_length = 32)]
+    #[schema(
+        min_length = 3,
+        max_length = 32,
+        pattern = r"^\+?([ ().-]*[0-9]){3}[0-9 ().-]*$"
+    )]
     phone: Option<String>,
     #[schema(min_length = 1, max_length = 100)]
     industry: Option<String>,

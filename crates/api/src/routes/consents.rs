@@ -302,6 +302,7 @@ pub async fn get_consents(
 #[allow(dead_code)]
 pub struct WithdrawIn {
     /// How the withdrawal reached the controller (default `api`).
+    #[schema(nullable = false)]
     channel: Option<Channel>,
 }
 

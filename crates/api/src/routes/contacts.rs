@@ -74,7 +74,12 @@ pub struct ContactIn {
     last_name: Option<String>,
     #[schema(format = Email, max_length = 254)]
     email: Option<String>,
-    #[schema(min_length = 3, max_length = 32, example = "+44 20 7946 0958")]
+    #[schema(
+        min_length = 3,
+        max_length = 32,
+        pattern = r"^\+?([ ().-]*[0-9]){3}[0-9 ().-]*$",
+        example = "+44 20 7946 0958"
+    )]
     phone: Option<String>,
     #[schema(min_length = 1, max_length = 100)]
     job_title: Option<String>,
@@ -94,7 +99,11 @@ pub struct ContactPatch {
     last_name: Option<String>,
     #[schema(format = Email, max_length = 254)]
     email: Option<String>,
-    #[schema(min_length = 3, max_length = 32)]
+    #[schema(
+        min_length = 3,
+        max_length = 32,
+        pattern = r"^\+?([ ().-]*[0-9]){3}[0-9 ().-]*$"
+    )]
     phone: Option<String>,
     #[schema(min_length = 1, max_length = 100)]
     job_title: Option<String>,

@@ -122,10 +122,13 @@ pub struct DsrExtensionIn {
 #[allow(dead_code)]
 pub struct DsrPatch {
     contact_id: Option<Uuid>,
+    #[schema(nullable = false)]
     identity_verification: Option<Verification>,
+    #[schema(nullable = false)]
     status: Option<RequestStatus>,
     #[schema(min_length = 1, max_length = 1000)]
     outcome: Option<String>,
+    #[schema(nullable = false)]
     extension: Option<DsrExtensionIn>,
 }
 

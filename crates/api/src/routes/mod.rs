@@ -33,7 +33,7 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i32>, ApiError> {
         return Ok(None);
     };
     let raw = raw.to_str().unwrap_or("").trim();
-    if raw == "*" {
+    if raw.is_empty() || raw == "*" {
         return Ok(None);
     }
     let tag = raw.strip_prefix("W/").unwrap_or(raw);
@@ -99,6 +99,8 @@ impl QueryErrors {
                 PageRequest::parse_limit(Some(n))
             })
             .unwrap_or(crm_domain::pagination::DEFAULT_LIMIT);
+        // An empty cursor is the first page (clients often send `cursor=` on the first call).
+        let cursor = cursor.filter(|c| !c.is_empty());
         let after = self
             .parse("cursor", cursor, |raw| PageRequest::parse_cursor(Some(raw)))
             .flatten();

@@ -132,6 +132,7 @@ pub struct OrderIn {
     contact_id: Option<Uuid>,
     company_id: Option<Uuid>,
     /// `draft` (default) or `placed`.
+    #[schema(nullable = false)]
     status: Option<OrderStatusDto>,
     /// ISO 4217 code.
     #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
@@ -148,10 +149,11 @@ pub struct OrderIn {
 pub struct OrderPatch {
     contact_id: Option<Uuid>,
     company_id: Option<Uuid>,
+    #[schema(nullable = false)]
     status: Option<OrderStatusDto>,
-    #[schema(pattern = "^[A-Z]{3}$")]
+    #[schema(pattern = "^[A-Z]{3}$", nullable = false)]
     currency: Option<String>,
-    #[schema(min_items = 1, max_items = 500)]
+    #[schema(min_items = 1, max_items = 500, nullable = false)]
     lines: Option<Vec<OrderLineIn>>,
 }
 

@@ -77,9 +77,10 @@ pub struct TenantIn {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct TenantPatch {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, nullable = false)]
     name: Option<String>,
     /// `false` stops every user of the tenant at once.
+    #[schema(nullable = false)]
     active: Option<bool>,
 }
 

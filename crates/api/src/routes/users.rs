@@ -79,7 +79,9 @@ pub struct UserIn {
 pub struct UserPatch {
     #[schema(min_length = 1, max_length = 200)]
     display_name: Option<String>,
+    #[schema(nullable = false)]
     role: Option<TenantRole>,
+    #[schema(nullable = false)]
     active: Option<bool>,
 }
 
