@@ -243,6 +243,17 @@ both!(erasure_leaves_no_trace, |app| {
             }
         }
     }
+    // A database dump (pg_dump, or SQLite's VACUUM INTO) does not hold them either.
+    let db = open_db(&app).await;
+    let dump = crm_e2e::backup(&app, &db).await;
+    db.close().await.ok();
+    let bytes = std::fs::read(&dump).unwrap();
+    for needle in [EMAIL, FIRST, LAST, PHONE] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "the dump holds {needle:?}"
+        );
+    }
     for line in logs.lines() {
         for needle in [EMAIL, FIRST, LAST, PHONE] {
             assert!(!line.contains(needle), "log holds {needle:?}: {line}");
