@@ -9,6 +9,7 @@ mod helpers;
 mod m20261130_000001_foundation;
 mod m20261130_000002_gdpr;
 mod m20261130_000003_integration_clients;
+mod m20261130_000004_sub_processors;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_foundation::Migration),
             Box::new(m20261130_000002_gdpr::Migration),
             Box::new(m20261130_000003_integration_clients::Migration),
+            Box::new(m20261130_000004_sub_processors::Migration),
         ]
     }
 }

@@ -31,6 +31,7 @@ Lists use cursor pagination; writes honour `If-Match`.",
         (name = "gdpr", description = "Data-subject rights, suppression, settings and the audit trail (admin, dpo)"),
         (name = "consent", description = "Purposes, consent and lawful basis"),
         (name = "dsr", description = "Data-subject requests and retention (admin, dpo)"),
+        (name = "sub-processors", description = "The processor's sub-processors (platform admins keep it, everyone reads it)"),
         (name = "meta", description = "Health and signing keys"),
     )
 )]

@@ -27,7 +27,7 @@ use crate::config::{Environment, Settings};
 use crate::keys::KeyStore;
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
 use crate::routes::{
-    auth, clients, companies, consents, contacts, dsr, gdpr, meta, orders,
+    auth, clients, companies, consents, contacts, dsr, gdpr, meta, orders, sub_processors,
     tenants as tenant_routes, users,
 };
 use crate::state::AppState;
@@ -90,7 +90,11 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(dsr::update_request)
             .service(dsr::get_policies)
             .service(dsr::put_policies)
-            .service(dsr::run_retention),
+            .service(dsr::run_retention)
+            .service(sub_processors::create_sub_processor)
+            .service(sub_processors::list_sub_processors)
+            .service(sub_processors::list_sub_processor_changes)
+            .service(sub_processors::update_sub_processor),
     );
 }
 

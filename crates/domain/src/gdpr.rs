@@ -268,6 +268,12 @@ pub async fn export_contact(
         v.dedup();
         v
     };
+    let sub_processors: Vec<Value> = crate::sub_processors::list(&txn, now)
+        .await?
+        .into_iter()
+        .filter(|sp| sp.active)
+        .map(|sp| json!({"name": sp.name, "purpose": sp.purpose, "location": sp.location, "transfer_safeguards": sp.transfer_safeguards}))
+        .collect();
     txn.commit().await?;
 
     Ok(json!({
@@ -291,7 +297,7 @@ pub async fn export_contact(
             },
             "recipients": {
                 "processor": "the platform operating this service",
-                "sub_processors": [],
+                "sub_processors": sub_processors,
                 "integration_clients": [],
             },
             "source": "entered by the controller or its integrations through the API",

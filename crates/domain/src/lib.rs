@@ -23,6 +23,7 @@ pub mod passwords;
 pub mod personal_data;
 pub mod retention;
 pub mod sessions;
+pub mod sub_processors;
 pub mod suppression;
 pub mod tenancy;
 pub mod tenants;

@@ -12,3 +12,4 @@ mod logs;
 mod privacy;
 mod quickstart;
 mod schema;
+mod subprocessors;

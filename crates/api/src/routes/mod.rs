@@ -10,6 +10,7 @@ pub mod dsr;
 pub mod gdpr;
 pub mod meta;
 pub mod orders;
+pub mod sub_processors;
 pub mod tenants;
 pub mod users;
 

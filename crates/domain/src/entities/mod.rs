@@ -17,6 +17,8 @@ pub mod purpose;
 pub mod refresh_token;
 pub mod retention_policy;
 pub mod session;
+pub mod sub_processor;
+pub mod sub_processor_change;
 pub mod suppression;
 pub mod tenant;
 pub mod user;
