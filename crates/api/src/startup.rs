@@ -395,6 +395,12 @@ fn spawn_retention_job(state: web::Data<AppState>) {
                 }
                 Err(e) => log::error!("retention job failed: {e}"),
             }
+            let policy = &state.session_policy.throttle;
+            if let Err(e) =
+                crm_domain::sessions::prune_expired(&state.db, policy, state.clock.now()).await
+            {
+                log::error!("pruning expired sign-in data failed: {e}");
+            }
         }
     });
 }

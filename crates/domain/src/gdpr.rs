@@ -268,6 +268,19 @@ pub async fn export_contact(
         v.dedup();
         v
     };
+    let clients: Vec<Value> = crate::clients::list_clients(&txn, tenant)
+        .await?
+        .into_iter()
+        .filter(|c| {
+            c.active
+                && c.scopes.iter().any(|s| {
+                    s.starts_with("contacts:")
+                        || s.starts_with("consents:")
+                        || s.starts_with("orders:")
+                })
+        })
+        .map(|c| json!({"name": c.name, "client_id": c.client_id, "scopes": c.scopes}))
+        .collect();
     let sub_processors: Vec<Value> = crate::sub_processors::list(&txn, now)
         .await?
         .into_iter()
@@ -298,7 +311,7 @@ pub async fn export_contact(
             "recipients": {
                 "processor": "the platform operating this service",
                 "sub_processors": sub_processors,
-                "integration_clients": [],
+                "integration_clients": clients,
             },
             "source": "entered by the controller or its integrations through the API",
             "automated_decision_making": false,

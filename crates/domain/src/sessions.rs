@@ -457,3 +457,29 @@ pub async fn authenticate(
     }
     Ok(principal)
 }
+
+/// Deletes what sign-in no longer needs: throttle entries whose window and lock have passed,
+/// and sessions (with their refresh tokens) that expired more than a day ago. Returns the
+/// number of rows removed.
+pub async fn prune_expired(
+    db: &DatabaseConnection,
+    policy: &ThrottlePolicy,
+    now: DateTime<Utc>,
+) -> DomainResult<u64> {
+    let throttles = auth_throttle::Entity::delete_many()
+        .filter(auth_throttle::Column::WindowStartedAt.lt(now - policy.window))
+        .filter(
+            sea_orm::Condition::any()
+                .add(auth_throttle::Column::LockedUntil.is_null())
+                .add(auth_throttle::Column::LockedUntil.lt(now)),
+        )
+        .exec(db)
+        .await?
+        .rows_affected;
+    let sessions = session::Entity::delete_many()
+        .filter(session::Column::ExpiresAt.lt(now - Duration::days(1)))
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok(throttles + sessions)
+}

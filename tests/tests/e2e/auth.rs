@@ -748,3 +748,48 @@ async fn signing_keys_rotate() {
     );
     app.cleanup().await;
 }
+
+both!(expired_sign_in_data_is_pruned, |app| {
+    let s = app.new_tenant().await;
+    for _ in 0..3 {
+        assert_problem(
+            app.login(&s.tenant, &s.email, "wrong password entirely")
+                .await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    let db = crm_e2e::open_db(&app).await;
+    let policy = crm_domain::sessions::ThrottlePolicy::default();
+    let now = crm_domain::clock::Clock::now(app.clock.as_ref());
+    assert_eq!(
+        crm_domain::sessions::prune_expired(&db, &policy, now)
+            .await
+            .unwrap(),
+        0,
+        "nothing is stale yet"
+    );
+    // 31 days later the throttle window and every session of this test have expired.
+    app.clock.advance(chrono::Duration::days(32));
+    let now = crm_domain::clock::Clock::now(app.clock.as_ref());
+    let removed = crm_domain::sessions::prune_expired(&db, &policy, now)
+        .await
+        .unwrap();
+    assert!(
+        removed >= 3,
+        "throttle entries (account, address) and sessions: {removed}"
+    );
+    assert_eq!(
+        crm_domain::sessions::prune_expired(&db, &policy, now)
+            .await
+            .unwrap(),
+        0
+    );
+    db.close().await.ok();
+    // Signing in still works afterwards.
+    assert_eq!(
+        app.login(&s.tenant, &s.email, PASSWORD).await.status(),
+        StatusCode::OK
+    );
+});

@@ -269,6 +269,21 @@ both!(client_credentials_and_scopes, |app| {
     )
     .await;
 
+    // Exports name the clients that receive the person's data.
+    let export: Value = app
+        .get(
+            &format!("/v1/contacts/{}/export", contact["id"].as_str().unwrap()),
+            &admin.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        export["processing"]["recipients"]["integration_clients"][0]["name"],
+        "Mailer"
+    );
+
     // A writing client is audited as itself.
     let writer: Value = app
         .post(
