@@ -282,3 +282,12 @@ pub fn timestamp(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, InvalidValu
 pub fn text(min: usize, max: usize) -> impl Fn(&str) -> Result<String, InvalidValue> {
     move |raw| crm_domain::values::text(raw, min, max)
 }
+
+/// A boolean query value: `true`/`1` or `false`/`0`.
+pub fn boolean(raw: &str) -> Result<bool, InvalidValue> {
+    match raw {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(InvalidValue::new("invalid_type", "must be true or false")),
+    }
+}

@@ -101,7 +101,7 @@ fn digest(prev_hash: &str, m: &audit_event::Model) -> String {
         h.update((f.len() as u64).to_be_bytes());
         h.update(f.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::secrets::hex(&h.finalize())
 }
 
 /// Serialises appends per tenant on PostgreSQL (SQLite write transactions are serial already).

@@ -2,17 +2,12 @@
 //! with a set of scopes. The secret is shown once and stored as a SHA-256 digest (it is 256
 //! random bits, so a fast digest is safe); revocation takes effect on the next request.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
-use rand::rngs::OsRng;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
 };
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -21,6 +16,7 @@ use crate::db;
 use crate::entities::{integration_client, tenant};
 use crate::error::{DomainError, DomainResult, InvalidValue};
 use crate::ids::TenantId;
+use crate::secrets::{random_token, sha256_hex};
 use crate::tenancy::Tenant;
 
 /// Every scope a client can be given. Users' routes (accounts, GDPR operations, tenants) are
@@ -89,19 +85,6 @@ pub struct ClientPrincipal {
     pub scopes: Vec<String>,
 }
 
-fn digest(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn random(prefix: &str, bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    OsRng.fill_bytes(&mut buf);
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(buf))
-}
-
 /// Creates a client; returns it with its secret, which is never shown again.
 pub async fn create_client(
     db: &DatabaseConnection,
@@ -111,15 +94,15 @@ pub async fn create_client(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<(Client, String)> {
-    let secret = random("cs_", 32);
+    let secret = random_token("cs_", 32);
     let id = Uuid::now_v7();
     let txn = db::begin_write(db).await?;
     integration_client::Entity::insert(integration_client::ActiveModel {
         id: Set(id),
         tenant_id: Set(tenant.id().as_uuid()),
-        client_id: Set(random("crm_", 16)),
+        client_id: Set(random_token("crm_", 16)),
         name: Set(name),
-        secret_hash: Set(digest(&secret)),
+        secret_hash: Set(sha256_hex(&secret)),
         scopes: Set(scopes.join(" ")),
         active: Set(true),
         created_at: Set(now),
@@ -187,11 +170,11 @@ pub async fn rotate_secret(
             detail: "a revoked client cannot get a new secret".into(),
         });
     }
-    let secret = random("cs_", 32);
+    let secret = random_token("cs_", 32);
     integration_client::Entity::update_many()
         .col_expr(
             integration_client::Column::SecretHash,
-            Expr::value(digest(&secret)),
+            Expr::value(sha256_hex(&secret)),
         )
         .col_expr(
             integration_client::Column::SecretRotatedAt,
@@ -264,9 +247,9 @@ pub async fn authenticate_credentials(
         .filter(integration_client::Column::ClientId.eq(client_id))
         .one(db)
         .await?;
-    let presented = digest(secret);
+    let presented = sha256_hex(secret);
     let Some(row) = row else {
-        let _ = presented.as_bytes().ct_eq(digest("").as_bytes());
+        let _ = presented.as_bytes().ct_eq(sha256_hex("").as_bytes());
         return Err(DomainError::Unauthenticated("invalid_client"));
     };
     if !bool::from(presented.as_bytes().ct_eq(row.secret_hash.as_bytes())) || !row.active {

@@ -22,6 +22,7 @@ pub mod pagination;
 pub mod passwords;
 pub mod personal_data;
 pub mod retention;
+mod secrets;
 pub mod sessions;
 pub mod sub_processors;
 pub mod suppression;

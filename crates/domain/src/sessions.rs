@@ -5,21 +5,17 @@
 //! whole family (the session) is revoked. Access tokens name their session, and every request
 //! checks it, so logout and deactivation take effect at once.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
-use rand::RngCore;
-use rand::rngs::OsRng;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
-use sha2::{Digest, Sha256};
 
 use crate::db;
 use crate::entities::{auth_throttle, password_credential, refresh_token, session, tenant, user};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::passwords::{Password, dummy_verify, verify_password};
+use crate::secrets::{random_token, sha256_hex};
 use crate::tenancy::{Principal, Tenant, TenantKind};
 use crate::values::Role;
 
@@ -90,15 +86,8 @@ impl std::fmt::Debug for IssuedSession {
     }
 }
 
-fn sha256_hex(input: &str) -> String {
-    let digest = Sha256::digest(input.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn new_refresh_token() -> String {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    format!("rt_{}", URL_SAFE_NO_PAD.encode(bytes))
+    random_token("rt_", 32)
 }
 
 fn account_key(tenant_slug: &str, email: &str) -> String {

@@ -43,11 +43,7 @@ impl SuppressionSecret {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap_or_else(|_| unreachable_mac());
         mac.update(email.as_str().as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::secrets::hex(&mac.finalize().into_bytes())
     }
 }
 

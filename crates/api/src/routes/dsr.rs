@@ -220,14 +220,7 @@ pub async fn list_requests(
         status: errs.parse("status", query.status.as_deref(), dsr::parse_status),
         kind: errs.parse("kind", query.kind.as_deref(), dsr::parse_kind),
         overdue: errs
-            .parse("overdue", query.overdue.as_deref(), |raw| match raw {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
-                _ => Err(crm_domain::InvalidValue::new(
-                    "invalid_type",
-                    "must be true or false",
-                )),
-            })
+            .parse("overdue", query.overdue.as_deref(), input::boolean)
             .unwrap_or(false),
         contact_id: errs
             .parse("contact_id", query.contact_id.as_deref(), input::uuid)

@@ -181,14 +181,7 @@ pub async fn erase_contact(
     let id = ContactId::from_uuid(path_id("contact", &id)?);
     let mut errs = QueryErrors::default();
     let dry_run = errs
-        .parse("dry_run", query.dry_run.as_deref(), |raw| match raw {
-            "true" | "1" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err(crm_domain::InvalidValue::new(
-                "invalid_type",
-                "must be true or false",
-            )),
-        })
+        .parse("dry_run", query.dry_run.as_deref(), input::boolean)
         .unwrap_or(false);
     errs.finish()?;
     let plan = gdpr::erase_contact(
