@@ -391,44 +391,72 @@ pub async fn logout(
     .await
 }
 
+/// The parts of a live session that sign-in needs again.
+struct LiveSession {
+    auth_time: DateTime<Utc>,
+    amr: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// One query on the hot path: the session with its user and tenant, all three still live.
 async fn load_principal(
     db: &impl ConnectionTrait,
     tenant_id: TenantId,
     session_id: SessionId,
     now: DateTime<Utc>,
-) -> DomainResult<(session::Model, Principal)> {
-    let ended = DomainError::Unauthenticated("session_ended");
-    let s = session::Entity::find()
-        .filter(session::Column::TenantId.eq(tenant_id.as_uuid()))
-        .filter(session::Column::Id.eq(session_id.as_uuid()))
-        .one(db)
+) -> DomainResult<(LiveSession, Principal)> {
+    use sea_orm::sea_query::{Expr, ExprTrait, Query};
+    let stmt = Query::select()
+        .column((session::Entity, session::Column::UserId))
+        .column((session::Entity, session::Column::AuthTime))
+        .column((session::Entity, session::Column::Amr))
+        .column((session::Entity, session::Column::ExpiresAt))
+        .column((user::Entity, user::Column::Role))
+        .column((tenant::Entity, tenant::Column::Kind))
+        .from(session::Entity)
+        .inner_join(
+            user::Entity,
+            Expr::col((user::Entity, user::Column::TenantId))
+                .equals((session::Entity, session::Column::TenantId))
+                .and(
+                    Expr::col((user::Entity, user::Column::Id))
+                        .equals((session::Entity, session::Column::UserId)),
+                ),
+        )
+        .inner_join(
+            tenant::Entity,
+            Expr::col((tenant::Entity, tenant::Column::Id))
+                .equals((session::Entity, session::Column::TenantId)),
+        )
+        .and_where(Expr::col((session::Entity, session::Column::TenantId)).eq(tenant_id.as_uuid()))
+        .and_where(Expr::col((session::Entity, session::Column::Id)).eq(session_id.as_uuid()))
+        .and_where(Expr::col((session::Entity, session::Column::RevokedAt)).is_null())
+        .and_where(Expr::col((session::Entity, session::Column::ExpiresAt)).gt(now))
+        .and_where(Expr::col((user::Entity, user::Column::Active)).eq(true))
+        .and_where(Expr::col((tenant::Entity, tenant::Column::Active)).eq(true))
+        .to_owned();
+    let row = db
+        .query_one(&stmt)
         .await?
         .ok_or(DomainError::Unauthenticated("session_ended"))?;
-    if s.revoked_at.is_some() || s.expires_at <= now {
-        return Err(ended);
-    }
-    let u = user::Entity::find()
-        .filter(user::Column::TenantId.eq(tenant_id.as_uuid()))
-        .filter(user::Column::Id.eq(s.user_id))
-        .filter(user::Column::Active.eq(true))
-        .one(db)
-        .await?
-        .ok_or(DomainError::Unauthenticated("session_ended"))?;
-    let t = tenant::Entity::find_by_id(tenant_id.as_uuid())
-        .filter(tenant::Column::Active.eq(true))
-        .one(db)
-        .await?
-        .ok_or(DomainError::Unauthenticated("session_ended"))?;
-    let role = Role::parse(&u.role)
-        .map_err(|_| DomainError::Internal("unknown role in database".into()))?;
+    let role: String = row.try_get("", "role")?;
+    let role =
+        Role::parse(&role).map_err(|_| DomainError::Internal("unknown role in database".into()))?;
+    let kind: String = row.try_get("", "kind")?;
+    let user_id: uuid::Uuid = row.try_get("", "user_id")?;
+    let live = LiveSession {
+        auth_time: row.try_get("", "auth_time")?,
+        amr: row.try_get("", "amr")?,
+        expires_at: row.try_get("", "expires_at")?,
+    };
     let principal = Principal {
         tenant: Tenant::scoped(tenant_id),
-        tenant_kind: TenantKind::from_db(&t.kind),
-        user_id: UserId::from_uuid(u.id),
+        tenant_kind: TenantKind::from_db(&kind),
+        user_id: UserId::from_uuid(user_id),
         session_id,
         role,
     };
-    Ok((s, principal))
+    Ok((live, principal))
 }
 
 /// Checks, for every request, that the session named by a verified access token is still
