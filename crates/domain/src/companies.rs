@@ -204,9 +204,7 @@ pub async fn update_company(
         .filter(company::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if result.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(result.rows_affected)?;
     audit::record(
         &txn,
         tenant.id(),
@@ -272,9 +270,7 @@ pub async fn delete_company(
         .filter(company::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if deleted.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(deleted.rows_affected)?;
     audit::record(
         &txn,
         tenant.id(),

@@ -339,9 +339,7 @@ pub async fn update_contact(
         .exec(&txn)
         .await
         .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
-    if result.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(result.rows_affected)?;
     let mut details = serde_json::json!({"fields": changed});
     if let Some(o) = overridden {
         details["suppression"] = o;
@@ -407,9 +405,7 @@ pub async fn delete_contact(
         .filter(contact::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if deleted.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(deleted.rows_affected)?;
     audit::record(
         &txn,
         tenant.id(),

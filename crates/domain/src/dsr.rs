@@ -319,9 +319,7 @@ pub async fn update_request(
         .filter(dsr_request::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if result.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(result.rows_affected)?;
     audit::record(
         &txn,
         tenant.id(),

@@ -56,3 +56,12 @@ pub(crate) fn check_version(expected: Option<i32>, actual: i32) -> DomainResult<
         _ => Ok(()),
     }
 }
+
+/// A version-checked write touches exactly one row; none means another writer got there first.
+pub(crate) fn expect_one_row(rows_affected: u64) -> DomainResult<()> {
+    if rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(DomainError::PreconditionFailed)
+    }
+}

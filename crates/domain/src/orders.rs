@@ -424,9 +424,7 @@ pub async fn update_order(
         .filter(order::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if result.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(result.rows_affected)?;
     audit::record(
         &txn,
         tenant.id(),
@@ -469,9 +467,7 @@ pub async fn delete_order(
         .filter(order::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if deleted.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(deleted.rows_affected)?;
     audit::record(
         &txn,
         tenant.id(),

@@ -191,9 +191,7 @@ pub async fn update(
         .filter(sub_processor::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if result.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(result.rows_affected)?;
     let sp = get(&txn, id, now).await?;
     if let (Some(since), Some(until)) = (Some(sp.since), sp.until)
         && until <= since

@@ -284,9 +284,7 @@ pub async fn update_tenant(
         .filter(tenant::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if result.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(result.rows_affected)?;
     audit::record(
         &txn,
         id,

@@ -186,9 +186,7 @@ pub async fn update_user(
         .filter(user::Column::Version.eq(current.version))
         .exec(&txn)
         .await?;
-    if result.rows_affected != 1 {
-        return Err(DomainError::PreconditionFailed);
-    }
+    crate::expect_one_row(result.rows_affected)?;
     if !active {
         revoke_user_sessions(&txn, tenant.id(), id, "user_deactivated", now).await?;
     }

@@ -140,6 +140,3 @@ macro_rules! list_type {
     };
 }
 pub(crate) use list_type;
-
-/// Body size in bytes of a JSON value, used to describe limits in the spec.
-pub const MAX_TEXT: usize = 200;
