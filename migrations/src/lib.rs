@@ -10,6 +10,7 @@ mod m20261130_000001_foundation;
 mod m20261130_000002_gdpr;
 mod m20261130_000003_integration_clients;
 mod m20261130_000004_sub_processors;
+mod m20261201_000005_identity;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_gdpr::Migration),
             Box::new(m20261130_000003_integration_clients::Migration),
             Box::new(m20261130_000004_sub_processors::Migration),
+            Box::new(m20261201_000005_identity::Migration),
         ]
     }
 }

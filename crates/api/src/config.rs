@@ -36,6 +36,15 @@ pub struct Settings {
     pub workers: usize,
     /// Seconds between runs of the retention job; 0 turns it off.
     pub retention_interval_secs: u64,
+    /// WebAuthn relying-party id: the registrable domain of the front end (e.g. `example.com`).
+    pub webauthn_rp_id: String,
+    /// Origins of front ends that run WebAuthn ceremonies (and may call the API from a
+    /// browser: CORS is limited to them).
+    pub webauthn_origins: Vec<String>,
+    /// A WebAuthn verification younger than this counts as a step-up for destructive operations.
+    pub step_up_max_age: Duration,
+    /// Accept `http://` OpenID Connect issuers (development and tests only).
+    pub sso_allow_http: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +70,10 @@ impl Settings {
             trust_forwarded_for: false,
             workers: 2,
             retention_interval_secs: 3600,
+            webauthn_rp_id: "localhost".into(),
+            webauthn_origins: vec!["http://localhost:8080".into(), "http://localhost:3000".into()],
+            step_up_max_age: Duration::minutes(5),
+            sso_allow_http: true,
         }
     }
 
@@ -141,7 +154,42 @@ impl Settings {
         if let Some(n) = int("CRM_RETENTION_INTERVAL_SECS", 0, 7 * 24 * 3600)? {
             s.retention_interval_secs = n as u64;
         }
+        let rp_id = get("CRM_WEBAUTHN_RP_ID");
+        if let Some(v) = &rp_id {
+            s.webauthn_rp_id = v.trim().to_owned();
+        }
+        let origins = get("CRM_WEBAUTHN_ORIGINS");
+        if let Some(v) = &origins {
+            s.webauthn_origins = v
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
+            if s.webauthn_origins.is_empty()
+                || s.webauthn_origins
+                    .iter()
+                    .any(|o| !(o.starts_with("https://") || o.starts_with("http://")))
+            {
+                return Err(ConfigError(
+                    "CRM_WEBAUTHN_ORIGINS must be a comma-separated list of http(s) origins".into(),
+                ));
+            }
+        }
+        if let Some(n) = int("CRM_STEP_UP_MAX_AGE_SECS", 30, 3600)? {
+            s.step_up_max_age = Duration::seconds(n);
+        }
         if s.environment == Environment::Production {
+            s.sso_allow_http = false;
+        }
+        if let Some(v) = get("CRM_SSO_ALLOW_HTTP") {
+            s.sso_allow_http = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if s.environment == Environment::Production {
+            if rp_id.is_none() || origins.is_none() {
+                return Err(ConfigError(
+                    "production needs CRM_WEBAUTHN_RP_ID and CRM_WEBAUTHN_ORIGINS".into(),
+                ));
+            }
             if database_url.is_none() || s.database_url.starts_with("sqlite:") {
                 return Err(ConfigError(
                     "production needs CRM_DATABASE_URL set to a PostgreSQL database".into(),
@@ -203,6 +251,8 @@ mod tests {
                 ("CRM_DATABASE_URL", "postgres://db/crm"),
                 ("CRM_KEY_DIR", "/etc/crm/keys"),
                 ("CRM_PUBLIC_URL", "https://crm.example.com"),
+                ("CRM_WEBAUTHN_RP_ID", "example.com"),
+                ("CRM_WEBAUTHN_ORIGINS", "https://app.example.com"),
             ])
             .is_ok()
         );

@@ -177,19 +177,17 @@ fn list_keys(dir: &Path) -> Result<Vec<String>, KeyError> {
 }
 
 const SUPPRESSION_FILE: &str = "suppression.secret";
+const SSO_FILE: &str = "sso.secret";
 
-/// Loads the suppression secret (64 hex characters in `<key dir>/suppression.secret`),
-/// generating it in development. Losing it makes existing suppression entries unmatchable.
-pub fn load_suppression_secret(
-    dir: &Path,
-    generate: bool,
-) -> Result<crm_domain::suppression::SuppressionSecret, KeyError> {
+/// Loads a 32-byte secret (64 hex characters in `<key dir>/<file>`), generating it in
+/// development.
+fn load_secret32(dir: &Path, file: &str, generate: bool) -> Result<[u8; 32], KeyError> {
     let display = dir.display().to_string();
-    let path = dir.join(SUPPRESSION_FILE);
+    let path = dir.join(file);
     if !path.exists() {
         if !generate {
             return Err(KeyError::Missing(format!(
-                "{display} (no {SUPPRESSION_FILE}: 32 random bytes as 64 hex characters)"
+                "{display} (no {file}: 32 random bytes as 64 hex characters)"
             )));
         }
         std::fs::create_dir_all(dir).map_err(|e| KeyError::Io(display.clone(), e))?;
@@ -197,7 +195,7 @@ pub fn load_suppression_secret(
         OsRng.fill_bytes(&mut bytes);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         write_private(&path, hex.as_bytes()).map_err(|e| KeyError::Io(display.clone(), e))?;
-        log::warn!("generated a development suppression secret in {display}");
+        log::warn!("generated a development {file} in {display}");
     }
     let raw = std::fs::read_to_string(&path).map_err(|e| KeyError::Io(display.clone(), e))?;
     let raw = raw.trim();
@@ -208,12 +206,71 @@ pub fn load_suppression_secret(
                 .collect()
         })
         .flatten();
-    let bytes: [u8; 32] = bytes
+    bytes
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| KeyError::Format(path.display().to_string()))?;
+        .ok_or_else(|| KeyError::Format(path.display().to_string()))
+}
+
+/// Loads the suppression secret (`<key dir>/suppression.secret`). Losing it makes existing
+/// suppression entries unmatchable.
+pub fn load_suppression_secret(
+    dir: &Path,
+    generate: bool,
+) -> Result<crm_domain::suppression::SuppressionSecret, KeyError> {
     Ok(crm_domain::suppression::SuppressionSecret::from_bytes(
-        bytes,
+        load_secret32(dir, SUPPRESSION_FILE, generate)?,
     ))
+}
+
+/// Encrypts what the service must be able to read back but never show: SSO client secrets
+/// (AES-256-GCM with a random nonce; the key is `<key dir>/sso.secret`, outside the database).
+pub struct SecretBox {
+    cipher: aes_gcm::Aes256Gcm,
+}
+
+impl SecretBox {
+    pub fn load(dir: &Path, generate: bool) -> Result<Self, KeyError> {
+        use aes_gcm::aead::KeyInit;
+        let key = load_secret32(dir, SSO_FILE, generate)?;
+        let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key)
+            .map_err(|_| KeyError::Format(dir.join(SSO_FILE).display().to_string()))?;
+        Ok(SecretBox { cipher })
+    }
+
+    /// base64(nonce || ciphertext).
+    pub fn seal(&self, plain: &str) -> anyhow::Result<String> {
+        use aes_gcm::aead::Aead;
+        use base64::Engine;
+        let mut nonce = [0u8; 12];
+        OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(&nonce.into(), plain.as_bytes())
+            .map_err(|_| anyhow::anyhow!("encryption failed"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    pub fn open(&self, sealed: &str) -> anyhow::Result<String> {
+        use aes_gcm::aead::Aead;
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| anyhow::anyhow!("sealed secret is not base64"))?;
+        if raw.len() < 12 {
+            anyhow::bail!("sealed secret too short");
+        }
+        let (nonce, body) = raw.split_at(12);
+        let nonce: [u8; 12] = nonce
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let plain = self
+            .cipher
+            .decrypt(&nonce.into(), body)
+            .map_err(|_| anyhow::anyhow!("sealed secret does not open with this key"))?;
+        Ok(String::from_utf8(plain)?)
+    }
 }
 
 /// The kids of the keys in `dir`, oldest first (the last one signs).

@@ -231,6 +231,15 @@ impl From<DomainError> for ApiError {
                     }
                     "invalid_refresh_token" => "the refresh token is unknown or expired",
                     "session_ended" => "the session has ended; sign in again",
+                    "mfa_required" => {
+                        "this tenant requires WebAuthn; sign in again with your second factor"
+                    }
+                    "invalid_mfa_ticket" => "the MFA ticket is unknown, expired or used; sign in again",
+                    "sso_not_linkable" => {
+                        "the identity provider's account has no verified e-mail in an allowed domain, or the account is linked to someone else"
+                    }
+                    "sso_no_account" => "no account matches this identity and provisioning is off",
+                    "account_inactive" => "the account is inactive",
                     _ => "authentication failed",
                 },
             },

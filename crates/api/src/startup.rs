@@ -28,7 +28,7 @@ use crate::keys::KeyStore;
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
 use crate::routes::{
     auth, clients, companies, consents, contacts, dsr, gdpr, meta, orders, sub_processors,
-    tenants as tenant_routes, users,
+    sso, tenants as tenant_routes, users, webauthn,
 };
 use crate::state::AppState;
 
@@ -41,6 +41,27 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(auth::logout)
             .service(auth::me)
             .service(auth::change_password)
+            .service(webauthn::register_start)
+            .service(webauthn::register_finish)
+            .service(webauthn::list_credentials)
+            .service(webauthn::rename_credential)
+            .service(webauthn::remove_credential)
+            .service(webauthn::enrol_start)
+            .service(webauthn::enrol_finish)
+            .service(webauthn::mfa_start)
+            .service(webauthn::mfa_finish)
+            .service(webauthn::passkey_start)
+            .service(webauthn::passkey_finish)
+            .service(webauthn::step_up_start)
+            .service(webauthn::step_up_finish)
+            .service(webauthn::reset_user_mfa)
+            .service(webauthn::get_security)
+            .service(webauthn::put_security)
+            .service(sso::get_connection)
+            .service(sso::put_connection)
+            .service(sso::delete_connection)
+            .service(sso::start)
+            .service(sso::callback)
             .service(clients::token)
             .service(clients::create_client)
             .service(clients::list_clients)
@@ -401,6 +422,9 @@ fn spawn_retention_job(state: web::Data<AppState>) {
             {
                 log::error!("pruning expired sign-in data failed: {e}");
             }
+            if let Err(e) = crm_domain::mfa::prune_challenges(&state.db, state.clock.now()).await {
+                log::error!("pruning expired ceremonies failed: {e}");
+            }
         }
     });
 }
@@ -425,6 +449,14 @@ impl Application {
         let keys = KeyStore::load(&settings.key_dir, settings.may_generate_keys())?;
         let suppression =
             crate::keys::load_suppression_secret(&settings.key_dir, settings.may_generate_keys())?;
+        let secret_box =
+            crate::keys::SecretBox::load(&settings.key_dir, settings.may_generate_keys())?;
+        let webauthn = crate::routes::webauthn::relying_party(&settings)?;
+        let oidc_http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
         let first_run = first_run(&db, &settings, clock.now()).await?;
         let listener = TcpListener::bind(&settings.listen_addr)
             .with_context(|| format!("binding {}", settings.listen_addr))?;
@@ -442,6 +474,9 @@ impl Application {
             clock,
             session_policy,
             suppression,
+            webauthn,
+            secret_box,
+            oidc_http,
         });
         if state.settings.retention_interval_secs > 0 {
             spawn_retention_job(state.clone());

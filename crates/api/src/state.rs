@@ -17,4 +17,10 @@ pub struct AppState {
     pub session_policy: SessionPolicy,
     /// Derives each tenant's key for suppression-list digests; kept outside the database.
     pub suppression: crm_domain::suppression::SuppressionSecret,
+    /// WebAuthn relying party (id and origins from the settings).
+    pub webauthn: webauthn_rs::Webauthn,
+    /// Seals SSO client secrets.
+    pub secret_box: crate::keys::SecretBox,
+    /// Back-channel client for OpenID providers: no redirects, short timeouts.
+    pub oidc_http: reqwest::Client,
 }

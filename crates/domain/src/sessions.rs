@@ -176,7 +176,7 @@ pub async fn login(
     attempt: LoginAttempt<'_>,
     policy: &SessionPolicy,
     now: DateTime<Utc>,
-) -> DomainResult<IssuedSession> {
+) -> DomainResult<SignIn> {
     let account = account_key(attempt.tenant_slug, attempt.email);
     let address = address_key(attempt.client_addr);
     for key in [&account, &address] {
@@ -231,15 +231,52 @@ pub async fn login(
         }
     };
 
-    let txn = db::begin_write(db).await?;
     auth_throttle::Entity::delete_by_id(account)
-        .exec(&txn)
+        .exec(db)
         .await?;
     let tenant_id = TenantId::from_uuid(tenant_row.id);
     let user_id = UserId::from_uuid(user_row.id);
+    first_factor_done(db, tenant_id, user_id, vec!["pwd".to_owned()], policy, now).await
+}
+
+/// After a first factor (password, SSO): a session, or a ticket when MFA is required.
+pub async fn first_factor_done(
+    db: &DatabaseConnection,
+    tenant_id: TenantId,
+    user_id: UserId,
+    amr: Vec<String>,
+    policy: &SessionPolicy,
+    now: DateTime<Utc>,
+) -> DomainResult<SignIn> {
+    if crate::mfa::mfa_required(db, tenant_id).await? {
+        let ticket = crate::mfa::issue_ticket(db, tenant_id, user_id, &amr, now).await?;
+        return Ok(SignIn::Ticket(ticket));
+    }
+    let session = start_session(db, tenant_id, user_id, amr, false, policy, now).await?;
+    Ok(SignIn::Session(session))
+}
+
+/// What a first factor yields: a session, or a ticket for the second factor.
+#[derive(Debug)]
+pub enum SignIn {
+    Session(IssuedSession),
+    Ticket(crate::mfa::IssuedTicket),
+}
+
+/// Starts a session for a user whose sign-in is complete (`amr` says how), with its first
+/// refresh token.
+pub async fn start_session(
+    db: &DatabaseConnection,
+    tenant_id: TenantId,
+    user_id: UserId,
+    amr: Vec<String>,
+    webauthn: bool,
+    policy: &SessionPolicy,
+    now: DateTime<Utc>,
+) -> DomainResult<IssuedSession> {
+    let txn = db::begin_write(db).await?;
     let session_id = SessionId::new();
     let expires_at = now + policy.session_ttl;
-    let amr = vec!["pwd".to_owned()];
     session::Entity::insert(session::ActiveModel {
         id: Set(session_id.as_uuid()),
         tenant_id: Set(tenant_id.as_uuid()),
@@ -250,22 +287,18 @@ pub async fn login(
         expires_at: Set(expires_at),
         revoked_at: Set(None),
         revoke_reason: Set(None),
+        webauthn_at: Set(webauthn.then_some(now)),
     })
     .exec_without_returning(&txn)
     .await?;
     let refresh = issue_refresh_token(&txn, tenant_id, session_id, expires_at, now).await?;
+    let (_, principal) = load_principal(&txn, tenant_id, session_id, now).await?;
+    if principal.user_id != user_id {
+        return Err(DomainError::Internal("session of another user".into()));
+    }
     txn.commit().await?;
-
-    let role = Role::parse(&user_row.role)
-        .map_err(|_| DomainError::Internal("unknown role in database".into()))?;
     Ok(IssuedSession {
-        principal: Principal {
-            tenant: Tenant::scoped(tenant_id),
-            tenant_kind: TenantKind::from_db(&tenant_row.kind),
-            user_id,
-            session_id,
-            role,
-        },
+        principal,
         auth_time: now,
         amr,
         refresh_token: refresh,
@@ -411,8 +444,10 @@ async fn load_principal(
         .column((session::Entity, session::Column::AuthTime))
         .column((session::Entity, session::Column::Amr))
         .column((session::Entity, session::Column::ExpiresAt))
+        .column((session::Entity, session::Column::WebauthnAt))
         .column((user::Entity, user::Column::Role))
         .column((tenant::Entity, tenant::Column::Kind))
+        .column((tenant::Entity, tenant::Column::MfaRequired))
         .from(session::Entity)
         .inner_join(
             user::Entity,
@@ -444,6 +479,13 @@ async fn load_principal(
         Role::parse(&role).map_err(|_| DomainError::Internal("unknown role in database".into()))?;
     let kind: String = row.try_get("", "kind")?;
     let user_id: uuid::Uuid = row.try_get("", "user_id")?;
+    let webauthn_at: Option<DateTime<Utc>> = row.try_get("", "webauthn_at")?;
+    let mfa_required: bool = row.try_get("", "mfa_required")?;
+    let tenant_kind = TenantKind::from_db(&kind);
+    // A session from before the tenant required MFA (or without it) no longer counts.
+    if (mfa_required || tenant_kind == TenantKind::Platform) && webauthn_at.is_none() {
+        return Err(DomainError::Unauthenticated("mfa_required"));
+    }
     let live = LiveSession {
         auth_time: row.try_get("", "auth_time")?,
         amr: row.try_get("", "amr")?,
@@ -451,10 +493,11 @@ async fn load_principal(
     };
     let principal = Principal {
         tenant: Tenant::scoped(tenant_id),
-        tenant_kind: TenantKind::from_db(&kind),
+        tenant_kind,
         user_id: UserId::from_uuid(user_id),
         session_id,
         role,
+        webauthn_at,
     };
     Ok((live, principal))
 }

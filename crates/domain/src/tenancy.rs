@@ -27,6 +27,8 @@ pub struct Principal {
     pub user_id: UserId,
     pub session_id: crate::ids::SessionId,
     pub role: Role,
+    /// When this session last verified a WebAuthn credential (sign-in or step-up).
+    pub webauthn_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

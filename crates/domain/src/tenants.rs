@@ -14,7 +14,7 @@ use crate::ids::{TenantId, UserId};
 use crate::pagination::{Page, PageRequest};
 use crate::passwords::{Password, hash_password};
 use crate::values::{EmailAddress, Role, TenantSlug};
-use crate::{TenantKind, check_version, conflict_on_unique, db};
+use crate::{Tenant, TenantKind, check_version, conflict_on_unique, db};
 
 pub const PLATFORM_SLUG: &str = "platform";
 
@@ -28,6 +28,8 @@ pub struct TenantRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i32,
+    /// Users must sign in with a second factor (always true for the platform tenant).
+    pub mfa_required: bool,
 }
 
 impl From<tenant::Model> for TenantRecord {
@@ -41,6 +43,7 @@ impl From<tenant::Model> for TenantRecord {
             created_at: m.created_at,
             updated_at: m.updated_at,
             version: m.version,
+            mfa_required: m.mfa_required || m.kind == TenantKind::Platform.as_str(),
         }
     }
 }
@@ -53,12 +56,14 @@ pub struct NewTenant {
     pub admin_email: EmailAddress,
     pub admin_display_name: Option<String>,
     pub admin_password: Password,
+    pub mfa_required: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct TenantChanges {
     pub name: Option<String>,
     pub active: Option<bool>,
+    pub mfa_required: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -109,6 +114,8 @@ pub async fn bootstrap_platform(
                 created_at: Set(now),
                 updated_at: Set(now),
                 version: Set(1),
+                // Platform admins always need MFA, whatever this says.
+                mfa_required: Set(true),
             })
             .exec_without_returning(&txn)
             .await?;
@@ -123,7 +130,7 @@ pub async fn bootstrap_platform(
         email,
         None,
         Role::PlatformAdmin,
-        &hash,
+        Some(&hash),
         now,
     )
     .await?;
@@ -139,7 +146,7 @@ pub(crate) async fn insert_user(
     email: &EmailAddress,
     display_name: Option<String>,
     role: Role,
-    password_hash: &str,
+    password_hash: Option<&str>,
     now: DateTime<Utc>,
 ) -> DomainResult<()> {
     user::Entity::insert(user::ActiveModel {
@@ -162,14 +169,17 @@ pub(crate) async fn insert_user(
             "a user with this e-mail exists in the tenant",
         )
     })?;
-    password_credential::Entity::insert(password_credential::ActiveModel {
-        user_id: Set(user_id.as_uuid()),
-        tenant_id: Set(tenant_id.as_uuid()),
-        hash: Set(password_hash.to_owned()),
-        updated_at: Set(now),
-    })
-    .exec_without_returning(db)
-    .await?;
+    // Users provisioned by single sign-on have no password.
+    if let Some(hash) = password_hash {
+        password_credential::Entity::insert(password_credential::ActiveModel {
+            user_id: Set(user_id.as_uuid()),
+            tenant_id: Set(tenant_id.as_uuid()),
+            hash: Set(hash.to_owned()),
+            updated_at: Set(now),
+        })
+        .exec_without_returning(db)
+        .await?;
+    }
     Ok(())
 }
 
@@ -192,6 +202,7 @@ pub async fn create_tenant(
         created_at: Set(now),
         updated_at: Set(now),
         version: Set(1),
+        mfa_required: Set(input.mfa_required),
     };
     tenant::Entity::insert(model)
         .exec_without_returning(&txn)
@@ -205,7 +216,7 @@ pub async fn create_tenant(
         &input.admin_email,
         input.admin_display_name,
         Role::Admin,
-        &hash,
+        Some(&hash),
         now,
     )
     .await?;
@@ -276,6 +287,7 @@ pub async fn update_tenant(
         .set(tenant::ActiveModel {
             name: changes.name.map(Set).unwrap_or_default(),
             active: changes.active.map(Set).unwrap_or_default(),
+            mfa_required: changes.mfa_required.map(Set).unwrap_or_default(),
             updated_at: Set(now),
             version: Set(current.version + 1),
             ..Default::default()
@@ -301,4 +313,69 @@ pub async fn update_tenant(
     let record = find(&txn, id).await?;
     txn.commit().await?;
     Ok(record)
+}
+
+/// The scope of an active tenant named by a verified sign-in ticket or ceremony.
+pub async fn tenant_scope(db: &impl ConnectionTrait, id: TenantId) -> DomainResult<Tenant> {
+    tenant::Entity::find_by_id(id.as_uuid())
+        .filter(tenant::Column::Active.eq(true))
+        .one(db)
+        .await?
+        .map(|t| Tenant::scoped(TenantId::from_uuid(t.id)))
+        .ok_or(DomainError::Unauthenticated("session_ended"))
+}
+
+/// An active tenant by slug, for sign-in flows that start without a user.
+pub async fn active_tenant_by_slug(db: &impl ConnectionTrait, slug: &str) -> DomainResult<TenantId> {
+    tenant::Entity::find()
+        .filter(tenant::Column::Slug.eq(slug.trim()))
+        .filter(tenant::Column::Active.eq(true))
+        .one(db)
+        .await?
+        .map(|t| TenantId::from_uuid(t.id))
+        .ok_or(DomainError::NotFound("tenant"))
+}
+
+/// A tenant admin sets whether the tenant requires MFA. Requiring it needs a credential of
+/// the admin's own, so the admin is not locked out. Returns the policy now in force.
+pub async fn set_mfa_required(
+    db: &DatabaseConnection,
+    admin: &crate::Principal,
+    required: bool,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<bool> {
+    let tenant_id = admin.tenant.id();
+    if required
+        && crate::mfa::list_credentials(db, tenant_id, admin.user_id)
+            .await?
+            .is_empty()
+    {
+        return Err(DomainError::Conflict {
+            code: "enrol_first",
+            detail: "register a WebAuthn credential of your own before requiring MFA".into(),
+        });
+    }
+    let txn = db::begin_write(db).await?;
+    tenant::Entity::update_many()
+        .col_expr(tenant::Column::MfaRequired, sea_orm::sea_query::Expr::value(required))
+        .col_expr(tenant::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
+        .filter(tenant::Column::Id.eq(tenant_id.as_uuid()))
+        .exec(&txn)
+        .await?;
+    audit::record(
+        &txn,
+        tenant_id,
+        actor,
+        Event {
+            action: "tenant.mfa_policy_changed",
+            object_type: "tenant",
+            object_id: Some(tenant_id.as_uuid()),
+            details: Some(serde_json::json!({"mfa_required": required})),
+        },
+        now,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(required)
 }

@@ -82,7 +82,7 @@ pub async fn create_user(
         &input.email,
         input.display_name,
         input.role,
-        &hash,
+        Some(&hash),
         now,
     )
     .await?;

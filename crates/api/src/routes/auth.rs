@@ -66,6 +66,35 @@ fn any_text(max: usize) -> impl Fn(&str) -> Result<String, crm_domain::InvalidVa
     }
 }
 
+/// A new access token for the same session (after a step-up).
+#[derive(Serialize, ToSchema)]
+pub struct AccessTokenOut {
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    pub expires_in: i64,
+}
+
+/// The first factor was right, and the tenant requires WebAuthn too.
+#[derive(Serialize, ToSchema)]
+pub struct MfaTicketOut {
+    /// Opaque; valid for `expires_in` seconds; use it with `/v1/auth/mfa/webauthn/*`
+    /// (`mfa` = `webauthn`) or, for a user without a credential, `/v1/auth/mfa/enrol/*`
+    /// (`mfa` = `enrol`).
+    pub mfa_ticket: String,
+    #[schema(example = "webauthn")]
+    pub mfa: &'static str,
+    pub expires_in: i64,
+}
+
+/// What a sign-in returns: tokens, or a ticket for the second factor.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SignInOut {
+    Tokens(TokenOut),
+    Mfa(MfaTicketOut),
+}
+
 fn tokens(state: &AppState, session: &sessions::IssuedSession) -> Result<HttpResponse, ApiError> {
     let (access_token, expires_in) = issue_access_token(state, session)?;
     Ok(HttpResponse::Ok()
@@ -78,16 +107,31 @@ fn tokens(state: &AppState, session: &sessions::IssuedSession) -> Result<HttpRes
         }))
 }
 
+/// The answer to a completed first (or only) factor.
+pub fn signed_in(state: &AppState, result: sessions::SignIn) -> Result<HttpResponse, ApiError> {
+    match result {
+        sessions::SignIn::Session(session) => tokens(state, &session),
+        sessions::SignIn::Ticket(ticket) => Ok(HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(MfaTicketOut {
+                mfa_ticket: ticket.token,
+                mfa: ticket.kind.as_str(),
+                expires_in: (ticket.expires_at - state.clock.now()).num_seconds(),
+            })),
+    }
+}
+
 /// Sign in with a password.
 ///
 /// Wrong tenant, e-mail, password or an inactive account all answer 401 `invalid_credentials`
 /// after the same work. Repeated failures per account and per client address are throttled
-/// (429 with `Retry-After`).
+/// (429 with `Retry-After`). When the tenant requires MFA (platform admins always do), the
+/// answer is an `mfa_ticket` instead of tokens.
 #[utoipa::path(
     tag = "auth",
     request_body(content = LoginIn, content_type = "application/json"),
     responses(
-        (status = 200, description = "Signed in", body = TokenOut),
+        (status = 200, description = "Signed in (`TokenOut`), or a ticket for the second factor (`MfaTicketOut`)", body = SignInOut),
         (status = 401, description = "`invalid_credentials`", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 429, description = "`too_many_attempts`; see `Retry-After`", body = crate::problem::Problem, content_type = "application/problem+json",
          headers(("Retry-After" = i64, description = "Seconds to wait"))),
@@ -127,9 +171,9 @@ pub async fn login(
         password: Password::unchecked(&password),
         client_addr: &addr,
     };
-    let session =
+    let result =
         sessions::login(&state.db, attempt, &state.session_policy, state.clock.now()).await?;
-    tokens(&state, &session)
+    signed_in(&state, result)
 }
 
 /// Exchange a refresh token for new tokens. The token is spent; presenting it again ends the

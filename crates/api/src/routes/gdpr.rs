@@ -184,6 +184,9 @@ pub async fn erase_contact(
         .parse("dry_run", query.dry_run.as_deref(), input::boolean)
         .unwrap_or(false);
     errs.finish()?;
+    if !dry_run {
+        crate::routes::webauthn::require_step_up(&state, &caller.0)?;
+    }
     let plan = gdpr::erase_contact(
         &state.db,
         &state.suppression,

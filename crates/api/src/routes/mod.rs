@@ -10,9 +10,11 @@ pub mod dsr;
 pub mod gdpr;
 pub mod meta;
 pub mod orders;
+pub mod sso;
 pub mod sub_processors;
 pub mod tenants;
 pub mod users;
+pub mod webauthn;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse};

@@ -30,6 +30,8 @@ pub struct TenantOut {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i32,
+    /// Users sign in with WebAuthn as a second factor (always true for `platform`).
+    pub mfa_required: bool,
 }
 
 impl From<TenantRecord> for TenantOut {
@@ -43,6 +45,7 @@ impl From<TenantRecord> for TenantOut {
             created_at: t.created_at,
             updated_at: t.updated_at,
             version: t.version,
+            mfa_required: t.mfa_required,
         }
     }
 }
@@ -71,6 +74,9 @@ pub struct TenantIn {
     #[schema(min_length = 1, max_length = 200)]
     name: String,
     admin: TenantAdminIn,
+    /// Require WebAuthn as a second factor for every user (default false; the admin enrols
+    /// at the first sign-in).
+    mfa_required: Option<bool>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -82,6 +88,9 @@ pub struct TenantPatch {
     /// `false` stops every user of the tenant at once.
     #[schema(nullable = false)]
     active: Option<bool>,
+    /// `true` ends every session without WebAuthn at once; users enrol at their next sign-in.
+    #[schema(nullable = false)]
+    mfa_required: Option<bool>,
 }
 
 /// A created tenant and the id of its first admin.
@@ -111,8 +120,9 @@ pub async fn create_tenant(
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut i = Input::body(&body, &["slug", "name", "admin"])?;
+    let mut i = Input::body(&body, &["slug", "name", "admin", "mfa_required"])?;
     let slug = i.string("slug", true, TenantSlug::parse);
+    let mfa_required = i.boolean("mfa_required", false).unwrap_or(false);
     let name = i.string("name", true, text(1, 200));
     let mut admin = None;
     match body.get("admin") {
@@ -161,6 +171,7 @@ pub async fn create_tenant(
         admin_email,
         admin_display_name,
         admin_password,
+        mfa_required,
     };
     let (tenant, admin_id) =
         tenants::create_tenant(&state.db, input, &caller.1, state.clock.now()).await?;
@@ -248,11 +259,16 @@ pub async fn update_tenant(
 ) -> Result<HttpResponse, ApiError> {
     let id = TenantId::from_uuid(path_id("tenant", &id)?);
     let expected = if_match(&req)?;
-    let mut i = Input::body(&body, &["name", "active"])?;
+    let mut i = Input::body(&body, &["name", "active", "mfa_required"])?;
     let changes = TenantChanges {
         name: i.patch_string("name", false, text(1, 200)).apply_to(None),
         active: if i.has("active") {
             i.boolean("active", true)
+        } else {
+            None
+        },
+        mfa_required: if i.has("mfa_required") {
+            i.boolean("mfa_required", true)
         } else {
             None
         },

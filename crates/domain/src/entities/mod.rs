@@ -2,6 +2,7 @@
 //! every read goes through a tenant-scoped service function.
 
 pub mod audit_event;
+pub mod auth_challenge;
 pub mod auth_throttle;
 pub mod company;
 pub mod consent;
@@ -17,8 +18,11 @@ pub mod purpose;
 pub mod refresh_token;
 pub mod retention_policy;
 pub mod session;
+pub mod sso_connection;
 pub mod sub_processor;
 pub mod sub_processor_change;
 pub mod suppression;
 pub mod tenant;
 pub mod user;
+pub mod user_identity;
+pub mod webauthn_credential;
