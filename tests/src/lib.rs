@@ -122,9 +122,74 @@ pub struct TestApp {
     pub backend: Backend,
     pub admin_email: String,
     pub admin_password: String,
+    /// The demo tenant's admin made on first start (README quick start).
+    pub demo_password: String,
+    /// The platform admin's authenticator (platform admins always need WebAuthn).
+    pub admin_authenticator: std::sync::Mutex<Authenticator>,
     pub key_dir: PathBuf,
     pub settings: Settings,
     handle: actix_web::dev::ServerHandle,
+}
+
+/// The front end's origin that WebAuthn ceremonies run on (in the default settings).
+pub const FRONTEND_ORIGIN: &str = "http://localhost:3000";
+
+/// A software WebAuthn authenticator (`webauthn-authenticator-rs` `SoftPasskey`) acting as
+/// the browser on [`FRONTEND_ORIGIN`]: it takes the `options` the API hands out and returns
+/// the `PublicKeyCredential` JSON a browser would post back.
+pub struct Authenticator {
+    inner: webauthn_authenticator_rs::softpasskey::SoftPasskey,
+    /// The WebAuthn user handle of the last registration, as a discoverable authenticator
+    /// would store it with the credential.
+    pub user_handle: Option<Vec<u8>>,
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Authenticator {
+    pub fn new() -> Self {
+        Authenticator {
+            // `true`: claims user verification (as a PIN or biometric would give).
+            inner: webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true),
+            user_handle: None,
+        }
+    }
+
+    pub fn register(&mut self, options: &Value) -> Value {
+        self.register_at(FRONTEND_ORIGIN, options).unwrap()
+    }
+
+    pub fn register_at(&mut self, origin: &str, options: &Value) -> Result<Value, String> {
+        use webauthn_authenticator_rs::prelude::*;
+        let options: CreationChallengeResponse =
+            serde_json::from_value(options.clone()).expect("creation options");
+        let handle: Vec<u8> = options.public_key.user.id.clone().into();
+        let cred = self
+            .inner
+            .do_registration(Url::parse(origin).unwrap(), options)
+            .map_err(|e| format!("{e:?}"))?;
+        self.user_handle = Some(handle);
+        Ok(serde_json::to_value(cred).unwrap())
+    }
+
+    pub fn assert(&mut self, options: &Value) -> Value {
+        self.assert_at(FRONTEND_ORIGIN, options).unwrap()
+    }
+
+    pub fn assert_at(&mut self, origin: &str, options: &Value) -> Result<Value, String> {
+        use webauthn_authenticator_rs::prelude::*;
+        let options: RequestChallengeResponse =
+            serde_json::from_value(options.clone()).expect("request options");
+        let cred = self
+            .inner
+            .do_authentication(Url::parse(origin).unwrap(), options)
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(serde_json::to_value(cred).unwrap())
+    }
 }
 
 /// A signed-in user of a fresh tenant.
@@ -182,6 +247,8 @@ impl TestApp {
             backend,
             admin_email: creds.email,
             admin_password: creds.password,
+            demo_password: creds.demo_password,
+            admin_authenticator: std::sync::Mutex::new(Authenticator::new()),
             key_dir: settings.key_dir.clone(),
             settings,
             db,
@@ -272,13 +339,121 @@ impl TestApp {
         }
     }
 
+    /// Signs the platform admin in: password, then WebAuthn (enrolling on the first call).
     pub async fn platform_admin(&self) -> Session {
-        self.session(
-            "platform",
-            &self.admin_email.clone(),
-            &self.admin_password.clone(),
-        )
-        .await
+        let resp = self
+            .login("platform", &self.admin_email, &self.admin_password)
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "platform admin password");
+        let ticket: Value = resp.json().await.unwrap();
+        assert!(ticket.get("access_token").is_none(), "no tokens before MFA");
+        let tokens = {
+            let mut auth = std::mem::take(&mut *self.admin_authenticator.lock().unwrap());
+            let tokens = self.complete_mfa(&ticket, &mut auth).await;
+            *self.admin_authenticator.lock().unwrap() = auth;
+            tokens
+        };
+        Session {
+            tenant: "platform".into(),
+            email: self.admin_email.clone(),
+            password: self.admin_password.clone(),
+            access: tokens["access_token"].as_str().unwrap().into(),
+            refresh: tokens["refresh_token"].as_str().unwrap().into(),
+        }
+    }
+
+    /// POSTs and returns (status, JSON body).
+    pub async fn call(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let resp = self.request(Method::POST, path, token, Some(body)).await;
+        let status = resp.status().as_u16();
+        let json = resp.json().await.unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Finishes a sign-in that answered with an `mfa_ticket`: enrols `auth` when the ticket
+    /// says so, then authenticates with it. Returns the tokens.
+    pub async fn complete_mfa(&self, ticket: &Value, auth: &mut Authenticator) -> Value {
+        let t = ticket["mfa_ticket"].as_str().expect("an mfa_ticket");
+        if ticket["mfa"] == "enrol" {
+            let (st, start) = self
+                .call("/v1/auth/mfa/enrol/start", None, &json!({"mfa_ticket": t}))
+                .await;
+            assert_eq!(st, 200, "{start}");
+            let cred = auth.register(&start["options"]);
+            let (st, done) = self
+                .call(
+                    "/v1/auth/mfa/enrol/finish",
+                    None,
+                    &json!({"mfa_ticket": t, "ceremony_id": start["ceremony_id"], "credential": cred, "name": "test key"}),
+                )
+                .await;
+            assert_eq!(st, 201, "{done}");
+        } else {
+            assert_eq!(ticket["mfa"], "webauthn");
+        }
+        let (st, start) = self
+            .call("/v1/auth/mfa/webauthn/start", None, &json!({"mfa_ticket": t}))
+            .await;
+        assert_eq!(st, 200, "{start}");
+        let assertion = auth.assert(&start["options"]);
+        let (st, tokens) = self
+            .call(
+                "/v1/auth/mfa/webauthn/finish",
+                None,
+                &json!({"mfa_ticket": t, "ceremony_id": start["ceremony_id"], "credential": assertion}),
+            )
+            .await;
+        assert_eq!(st, 200, "{tokens}");
+        tokens
+    }
+
+    /// Registers a new software authenticator for the signed-in user.
+    pub async fn register_authenticator(&self, token: &str) -> Authenticator {
+        let mut auth = Authenticator::new();
+        let (st, start) = self
+            .call("/v1/me/webauthn/register/start", Some(token), &json!({}))
+            .await;
+        assert_eq!(st, 200, "{start}");
+        let cred = auth.register(&start["options"]);
+        let (st, done) = self
+            .call(
+                "/v1/me/webauthn/register/finish",
+                Some(token),
+                &json!({"ceremony_id": start["ceremony_id"], "credential": cred}),
+            )
+            .await;
+        assert_eq!(st, 201, "{done}");
+        auth
+    }
+
+    /// Steps the session up with `auth` (a WebAuthn verification now); returns the new
+    /// access token.
+    pub async fn step_up_with(&self, token: &str, auth: &mut Authenticator) -> String {
+        let (st, start) = self
+            .call("/v1/auth/step-up/start", Some(token), &json!({}))
+            .await;
+        assert_eq!(st, 200, "{start}");
+        let assertion = auth.assert(&start["options"]);
+        let (st, done) = self
+            .call(
+                "/v1/auth/step-up/finish",
+                Some(token),
+                &json!({"ceremony_id": start["ceremony_id"], "credential": assertion}),
+            )
+            .await;
+        assert_eq!(st, 200, "{done}");
+        done["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The session after registering an authenticator and stepping up with it, for
+    /// destructive operations.
+    pub async fn stepped_up(&self, session: &Session) -> Session {
+        let mut auth = self.register_authenticator(&session.access).await;
+        let access = self.step_up_with(&session.access, &mut auth).await;
+        Session {
+            access,
+            ..session.clone()
+        }
     }
 
     /// Creates a tenant with a unique slug and signs its admin in.

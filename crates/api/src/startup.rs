@@ -314,6 +314,11 @@ fn security_headers(res: &mut ServiceResponse<BoxBody>, request_id: &str) {
 pub struct FirstRunCredentials {
     pub email: String,
     pub password: String,
+    /// A demo tenant (`demo`) and its admin, so a newcomer can try the API with a password
+    /// alone (platform admins always need WebAuthn as well).
+    pub demo_tenant: String,
+    pub demo_email: String,
+    pub demo_password: String,
 }
 
 impl std::fmt::Debug for FirstRunCredentials {
@@ -323,6 +328,9 @@ impl std::fmt::Debug for FirstRunCredentials {
             .finish()
     }
 }
+
+const DEMO_TENANT: &str = "demo";
+const DEMO_EMAIL: &str = "admin@demo.example";
 
 /// A random password that meets the policy.
 pub fn random_password() -> String {
@@ -349,10 +357,28 @@ async fn first_run(
     let checked = Password::parse(&password, &[])
         .map_err(|e| anyhow::anyhow!("generated password: {}", e.detail))?;
     match tenants::bootstrap_platform(db, &email, &checked, now).await {
-        Ok(_) => Ok(Some(FirstRunCredentials {
-            email: email.to_string(),
-            password,
-        })),
+        Ok(_) => {
+            let demo_password = random_password();
+            let demo = tenants::NewTenant {
+                slug: crm_domain::values::TenantSlug::parse(DEMO_TENANT)
+                    .map_err(|e| anyhow::anyhow!("demo slug: {}", e.detail))?,
+                name: "Demo tenant".into(),
+                admin_email: EmailAddress::parse(DEMO_EMAIL)
+                    .map_err(|e| anyhow::anyhow!("demo e-mail: {}", e.detail))?,
+                admin_display_name: None,
+                admin_password: Password::parse(&demo_password, &[])
+                    .map_err(|e| anyhow::anyhow!("generated password: {}", e.detail))?,
+                mfa_required: false,
+            };
+            tenants::create_tenant(db, demo, &crm_domain::audit::Actor::system(), now).await?;
+            Ok(Some(FirstRunCredentials {
+                email: email.to_string(),
+                password,
+                demo_tenant: DEMO_TENANT.into(),
+                demo_email: DEMO_EMAIL.into(),
+                demo_password,
+            }))
+        }
         // Another node bootstrapped at the same moment.
         Err(crm_domain::DomainError::Conflict { .. }) => Ok(None),
         Err(e) => Err(e.into()),

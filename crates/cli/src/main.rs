@@ -98,12 +98,17 @@ fn serve() -> anyhow::Result<()> {
         if let Some(creds) = app.take_first_run_credentials() {
             // Printed once to the terminal, never logged or stored.
             println!();
-            println!(
-                "  First start: a platform admin was created. Its password is shown only now."
-            );
+            println!("  First start. These passwords are shown only now.");
+            println!();
+            println!("  Platform admin (signs in with WebAuthn as well, enrolled at first sign-in):");
             println!("    tenant:   platform");
             println!("    email:    {}", creds.email);
             println!("    password: {}", creds.password);
+            println!();
+            println!("  Demo tenant admin (password alone; for the README quick start):");
+            println!("    tenant:   {}", creds.demo_tenant);
+            println!("    email:    {}", creds.demo_email);
+            println!("    password: {}", creds.demo_password);
             println!();
         }
         log::info!(

@@ -152,6 +152,15 @@ both!(spec_and_docs_are_served, |app| {
         "/v1/auth/login",
         "/v1/auth/refresh",
         "/v1/oauth/token",
+        // Authenticated by an MFA ticket, a ceremony or the provider's answer, not a token.
+        "/v1/auth/mfa/enrol/start",
+        "/v1/auth/mfa/enrol/finish",
+        "/v1/auth/mfa/webauthn/start",
+        "/v1/auth/mfa/webauthn/finish",
+        "/v1/auth/passkey/start",
+        "/v1/auth/passkey/finish",
+        "/v1/auth/sso/{tenant}/start",
+        "/v1/auth/sso/{tenant}/callback",
         "/health",
         "/.well-known/jwks.json",
     ];

@@ -135,6 +135,8 @@ both!(export_holds_everything_about_the_person, |app| {
 both!(erasure_leaves_no_trace, |app| {
     let logs = capture_logs();
     let s = app.new_tenant().await;
+    // Erasure needs a recent WebAuthn step-up.
+    let s = app.stepped_up(&s).await;
     let (contact, booked, draft) = subject(&app, &s.access).await;
     let id = contact["id"].as_str().unwrap();
     // Reads and an export before the erasure leave audit history too.
@@ -274,6 +276,8 @@ both!(erasure_leaves_no_trace, |app| {
 
 both!(dry_run_changes_nothing_and_legal_hold_blocks, |app| {
     let s = app.new_tenant().await;
+    // Erasure needs a recent WebAuthn step-up.
+    let s = app.stepped_up(&s).await;
     let (contact, _, _) = subject(&app, &s.access).await;
     let id = contact["id"].as_str().unwrap();
     let before = dump_all_rows(&app).await;
@@ -362,6 +366,8 @@ both!(dry_run_changes_nothing_and_legal_hold_blocks, |app| {
 
 both!(suppression_blocks_recreation, |app| {
     let s = app.new_tenant().await;
+    // Erasure needs a recent WebAuthn step-up.
+    let s = app.stepped_up(&s).await;
     let other = app.new_tenant().await;
     let contact = app
         .create("/v1/contacts", &s.access, json!({"email": EMAIL}))
@@ -598,6 +604,8 @@ both!(audit_chain_detects_tampering, |app| {
 
 both!(erasures_are_replayed_after_a_restore, |app| {
     let s = app.new_tenant().await;
+    // Erasure needs a recent WebAuthn step-up.
+    let s = app.stepped_up(&s).await;
     let (contact, _, draft) = subject(&app, &s.access).await;
     let id = contact["id"].as_str().unwrap();
     let db = open_db(&app).await;

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 
 both!(consent_history_and_withdrawal, |app| {
     let admin = app.new_tenant().await;
+    // Erasure needs a recent WebAuthn step-up.
+    let admin = app.stepped_up(&admin).await;
     let member = app.new_user(&admin, "member").await;
     let viewer = app.new_user(&admin, "viewer").await;
     let stranger = app.new_tenant().await;
@@ -358,6 +360,7 @@ both!(request_deadlines_with_an_injected_clock, |app| {
     )
     .await;
 
+    let admin = app.stepped_up(&admin).await;
     // Erasing the person links the erasure request and detaches the register entries.
     let plan: Value = app
         .post(

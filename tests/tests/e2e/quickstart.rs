@@ -27,7 +27,7 @@ both!(readme_quickstart_works_verbatim, |app| {
         .arg("-c")
         .arg(&script)
         .env("CRM", &app.base)
-        .env("ADMIN_PASSWORD", &app.admin_password)
+        .env("DEMO_PASSWORD", &app.demo_password)
         .output()
         .await
         .unwrap();
