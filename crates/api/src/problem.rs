@@ -189,6 +189,11 @@ impl ResponseError for ApiError {
             ApiError::Unauthenticated { code, .. } => {
                 let challenge = if *code == "unauthenticated" {
                     "Bearer".to_owned()
+                } else if *code == "step_up_required" {
+                    // RFC 9470: the token is fine, the authentication behind it is too old.
+                    format!(
+                        "Bearer error=\"insufficient_user_authentication\", error_description=\"{code}\""
+                    )
                 } else {
                     format!("Bearer error=\"invalid_token\", error_description=\"{code}\"")
                 };

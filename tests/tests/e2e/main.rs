@@ -13,3 +13,4 @@ mod privacy;
 mod quickstart;
 mod schema;
 mod subprocessors;
+mod webauthn;
