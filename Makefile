@@ -4,19 +4,29 @@ CARGO ?= cargo
 # PostgreSQL for the test suite; tests create and drop their own databases on it.
 export CRM_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test build fmt fmt-check clippy unit e2e openapi openapi-check nextest-available clean
+.PHONY: run test build fmt fmt-check clippy unit e2e openapi openapi-check nextest-available clean test-peers
+
+# The real OpenID provider the SSO tests run (npm `oidc-provider`, pinned by its lockfile).
+OIDC_DIR := tests/oidc-provider
 
 ## Start the API on 127.0.0.1:8080 with the embedded SQLite database under ./var/.
 run:
 	$(CARGO) run -p crm -- serve
 
 ## Format and lint checks, unit tests, end-to-end tests on SQLite and PostgreSQL, spec drift.
-test: fmt-check clippy openapi-check
+test: fmt-check clippy openapi-check test-peers
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+## Install the test peers (the OpenID provider) from their lockfile.
+test-peers: $(OIDC_DIR)/node_modules/.package-lock.json
+
+$(OIDC_DIR)/node_modules/.package-lock.json: $(OIDC_DIR)/package-lock.json $(OIDC_DIR)/package.json
+	cd $(OIDC_DIR) && npm ci --no-audit --no-fund
+	touch $@
 
 build:
 	$(CARGO) build --workspace

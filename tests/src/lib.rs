@@ -167,7 +167,7 @@ impl Authenticator {
         use webauthn_authenticator_rs::prelude::*;
         let options: CreationChallengeResponse =
             serde_json::from_value(options.clone()).expect("creation options");
-        let handle: Vec<u8> = options.public_key.user.id.clone().into();
+        let handle: Vec<u8> = options.public_key.user.id.clone();
         let cred = self
             .inner
             .do_registration(Url::parse(origin).unwrap(), options)
@@ -392,7 +392,11 @@ impl TestApp {
             assert_eq!(ticket["mfa"], "webauthn");
         }
         let (st, start) = self
-            .call("/v1/auth/mfa/webauthn/start", None, &json!({"mfa_ticket": t}))
+            .call(
+                "/v1/auth/mfa/webauthn/start",
+                None,
+                &json!({"mfa_ticket": t}),
+            )
             .await;
         assert_eq!(st, 200, "{start}");
         let assertion = auth.assert(&start["options"]);
@@ -737,5 +741,108 @@ pub async fn drop_restored(app: &TestApp, url: &str) {
             .await
             .ok();
         admin.close().await.ok();
+    }
+}
+
+/// A real OpenID provider (npm `oidc-provider`, `tests/oidc-provider/provider.mjs`) on
+/// 127.0.0.1, stopped when dropped. Logins complete without a browser: the provider signs
+/// in the account named by `login_hint` and grants the requested scopes.
+pub struct OidcProvider {
+    _child: tokio::process::Child,
+    /// The issuer it advertises.
+    pub issuer: String,
+    /// Where it is served (differs from `issuer` when the config overrides the issuer).
+    pub base_url: String,
+}
+
+pub const OIDC_CLIENT_ID: &str = "crm";
+pub const OIDC_REDIRECT_URI: &str = "http://localhost:3000/sso/callback";
+
+impl OidcProvider {
+    /// Starts the provider with one client (`crm`, `secret`) and the given accounts
+    /// (`{id: {email, email_verified, name}}`); `issuer` overrides the advertised issuer.
+    pub async fn start(secret: &str, accounts: Value, issuer: Option<&str>) -> OidcProvider {
+        use tokio::io::AsyncBufReadExt;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/oidc-provider");
+        assert!(
+            std::path::Path::new(dir).join("node_modules").exists(),
+            "run `make test` (or `npm ci` in tests/oidc-provider) to install the OpenID provider"
+        );
+        let config = json!({
+            "port": 0,
+            "issuer": issuer,
+            "clients": [{
+                "client_id": OIDC_CLIENT_ID,
+                "client_secret": secret,
+                "redirect_uris": [OIDC_REDIRECT_URI],
+            }],
+            "accounts": accounts,
+        });
+        let mut child = tokio::process::Command::new("node")
+            .arg("provider.mjs")
+            .current_dir(dir)
+            .env("OIDC_CONFIG", config.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts the OpenID provider");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the OpenID provider starts within 30 s")
+            .unwrap()
+            .expect("the OpenID provider prints its address");
+        let info: Value = serde_json::from_str(&line).unwrap();
+        OidcProvider {
+            _child: child,
+            issuer: info["issuer"].as_str().unwrap().to_owned(),
+            base_url: info["base_url"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Plays the browser: follows the provider's redirects from `authorization_url` (with
+    /// `login_hint` added) until it redirects to the client's `redirect_uri`; returns the
+    /// query of that last redirect (`code`, `state`, `iss`, or `error`).
+    pub async fn authorize(&self, authorization_url: &str, login_hint: &str) -> Value {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut url = url::Url::parse(authorization_url).unwrap();
+        url.query_pairs_mut().append_pair("login_hint", login_hint);
+        let mut uid: Option<String> = None;
+        for _ in 0..10 {
+            let mut req = client.get(url.clone());
+            if let Some(uid) = &uid {
+                // The interaction cookies carry the interaction id (what a browser would keep).
+                req = req.header(
+                    "cookie",
+                    format!("_interaction={uid}; _interaction_resume={uid}"),
+                );
+            }
+            let resp = req.send().await.unwrap();
+            assert!(
+                resp.status().is_redirection(),
+                "provider answered {} at {url}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+            let location = resp.headers()["location"].to_str().unwrap().to_owned();
+            let next = url.join(&location).unwrap();
+            if next.as_str().starts_with(OIDC_REDIRECT_URI) {
+                let query: serde_json::Map<String, Value> = next
+                    .query_pairs()
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect();
+                return Value::Object(query);
+            }
+            if let Some(rest) = next.path().strip_prefix("/interaction/") {
+                uid = Some(rest.to_owned());
+            }
+            url = next;
+        }
+        panic!("the provider never redirected back to the client");
     }
 }

@@ -71,7 +71,10 @@ impl Settings {
             workers: 2,
             retention_interval_secs: 3600,
             webauthn_rp_id: "localhost".into(),
-            webauthn_origins: vec!["http://localhost:8080".into(), "http://localhost:3000".into()],
+            webauthn_origins: vec![
+                "http://localhost:8080".into(),
+                "http://localhost:3000".into(),
+            ],
             step_up_max_age: Duration::minutes(5),
             sso_allow_http: true,
         }

@@ -262,9 +262,7 @@ impl SecretBox {
             anyhow::bail!("sealed secret too short");
         }
         let (nonce, body) = raw.split_at(12);
-        let nonce: [u8; 12] = nonce
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| anyhow::anyhow!("bad nonce"))?;
         let plain = self
             .cipher
             .decrypt(&nonce.into(), body)

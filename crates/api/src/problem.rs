@@ -239,7 +239,9 @@ impl From<DomainError> for ApiError {
                     "mfa_required" => {
                         "this tenant requires WebAuthn; sign in again with your second factor"
                     }
-                    "invalid_mfa_ticket" => "the MFA ticket is unknown, expired or used; sign in again",
+                    "invalid_mfa_ticket" => {
+                        "the MFA ticket is unknown, expired or used; sign in again"
+                    }
                     "sso_not_linkable" => {
                         "the identity provider's account has no verified e-mail in an allowed domain, or the account is linked to someone else"
                     }

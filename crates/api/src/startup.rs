@@ -27,8 +27,8 @@ use crate::config::{Environment, Settings};
 use crate::keys::KeyStore;
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
 use crate::routes::{
-    auth, clients, companies, consents, contacts, dsr, gdpr, meta, orders, sub_processors,
-    sso, tenants as tenant_routes, users, webauthn,
+    auth, clients, companies, consents, contacts, dsr, gdpr, meta, orders, sso, sub_processors,
+    tenants as tenant_routes, users, webauthn,
 };
 use crate::state::AppState;
 

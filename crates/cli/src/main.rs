@@ -100,7 +100,9 @@ fn serve() -> anyhow::Result<()> {
             println!();
             println!("  First start. These passwords are shown only now.");
             println!();
-            println!("  Platform admin (signs in with WebAuthn as well, enrolled at first sign-in):");
+            println!(
+                "  Platform admin (signs in with WebAuthn as well, enrolled at first sign-in):"
+            );
             println!("    tenant:   platform");
             println!("    email:    {}", creds.email);
             println!("    password: {}", creds.password);

@@ -494,7 +494,10 @@ pub async fn record_use(
 ) -> DomainResult<()> {
     webauthn_credential::Entity::update_many()
         .col_expr(webauthn_credential::Column::Passkey, Expr::value(passkey))
-        .col_expr(webauthn_credential::Column::SignCount, Expr::value(sign_count))
+        .col_expr(
+            webauthn_credential::Column::SignCount,
+            Expr::value(sign_count),
+        )
         .col_expr(webauthn_credential::Column::LastUsedAt, Expr::value(now))
         .filter(webauthn_credential::Column::Id.eq(stored.id))
         .filter(webauthn_credential::Column::TenantId.eq(stored.tenant_id.as_uuid()))

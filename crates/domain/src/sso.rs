@@ -85,7 +85,10 @@ async fn find(db: &impl ConnectionTrait, tenant_id: TenantId) -> DomainResult<Op
         .transpose()
 }
 
-pub async fn get_connection(db: &impl ConnectionTrait, tenant: &Tenant) -> DomainResult<Connection> {
+pub async fn get_connection(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+) -> DomainResult<Connection> {
     find(db, tenant.id())
         .await?
         .ok_or(DomainError::NotFound("sso_connection"))
@@ -195,7 +198,10 @@ pub async fn delete_connection(
 
 /// The enabled connection of an active customer tenant, by slug (unauthenticated start of a
 /// sign-in). Anything else is not found.
-pub async fn connection_for_slug(db: &impl ConnectionTrait, slug: &str) -> DomainResult<Connection> {
+pub async fn connection_for_slug(
+    db: &impl ConnectionTrait,
+    slug: &str,
+) -> DomainResult<Connection> {
     let t = tenant::Entity::find()
         .filter(tenant::Column::Slug.eq(slug))
         .filter(tenant::Column::Active.eq(true))

@@ -326,7 +326,10 @@ pub async fn tenant_scope(db: &impl ConnectionTrait, id: TenantId) -> DomainResu
 }
 
 /// An active tenant by slug, for sign-in flows that start without a user.
-pub async fn active_tenant_by_slug(db: &impl ConnectionTrait, slug: &str) -> DomainResult<TenantId> {
+pub async fn active_tenant_by_slug(
+    db: &impl ConnectionTrait,
+    slug: &str,
+) -> DomainResult<TenantId> {
     tenant::Entity::find()
         .filter(tenant::Column::Slug.eq(slug.trim()))
         .filter(tenant::Column::Active.eq(true))
@@ -358,8 +361,14 @@ pub async fn set_mfa_required(
     }
     let txn = db::begin_write(db).await?;
     tenant::Entity::update_many()
-        .col_expr(tenant::Column::MfaRequired, sea_orm::sea_query::Expr::value(required))
-        .col_expr(tenant::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
+        .col_expr(
+            tenant::Column::MfaRequired,
+            sea_orm::sea_query::Expr::value(required),
+        )
+        .col_expr(
+            tenant::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
         .filter(tenant::Column::Id.eq(tenant_id.as_uuid()))
         .exec(&txn)
         .await?;

@@ -12,5 +12,6 @@ mod logs;
 mod privacy;
 mod quickstart;
 mod schema;
+mod sso;
 mod subprocessors;
 mod webauthn;

@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Duration;
 use crm_domain::clock::Clock;
-use crm_e2e::{Authenticator, PASSWORD, Session, TestApp, assert_problem, both};
+use crm_e2e::{Authenticator, Session, TestApp, assert_problem, both};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -25,7 +25,10 @@ async fn login_ticket(app: &TestApp, s: &Session) -> Value {
     let resp = app.login(&s.tenant, &s.email, &s.password).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["mfa_ticket"].is_string(), "a ticket, not tokens: {body}");
+    assert!(
+        body["mfa_ticket"].is_string(),
+        "a ticket, not tokens: {body}"
+    );
     assert!(body.get("access_token").is_none() && body.get("refresh_token").is_none());
     body
 }
@@ -50,7 +53,13 @@ both!(credentials_second_factor_and_replays, |app| {
 
     // Register, list, rename.
     let mut key = Authenticator::new();
-    let (id, options) = start(&app, "/v1/me/webauthn/register/start", Some(&admin.access), json!({})).await;
+    let (id, options) = start(
+        &app,
+        "/v1/me/webauthn/register/start",
+        Some(&admin.access),
+        json!({}),
+    )
+    .await;
     assert_eq!(options["publicKey"]["rp"]["id"], "localhost");
     let cred = key.register(&options);
     let (st, created) = app
@@ -75,7 +84,10 @@ both!(credentials_second_factor_and_replays, |app| {
         "invalid_ceremony",
     )
     .await;
-    let cred_path = format!("/v1/me/webauthn/credentials/{}", created["id"].as_str().unwrap());
+    let cred_path = format!(
+        "/v1/me/webauthn/credentials/{}",
+        created["id"].as_str().unwrap()
+    );
     let renamed: Value = app
         .patch(&cred_path, &admin.access, &json!({"name": "YubiKey"}))
         .await
@@ -91,7 +103,12 @@ both!(credentials_second_factor_and_replays, |app| {
         .await
         .unwrap();
     assert_eq!(theirs["data"], json!([]));
-    assert_problem(app.delete(&cred_path, &member.access).await, 404, "credential_not_found").await;
+    assert_problem(
+        app.delete(&cred_path, &member.access).await,
+        404,
+        "credential_not_found",
+    )
+    .await;
     // Bad input is refused field by field.
     let resp = app
         .post(
@@ -125,9 +142,17 @@ both!(credentials_second_factor_and_replays, |app| {
     assert_eq!((st, &policy["mfa_required"]), (200, &json!(true)));
     assert_problem(app.get("/v1/me", &admin.access).await, 401, "mfa_required").await;
     let refresh = app
-        .call("/v1/auth/refresh", None, &json!({"refresh_token": member.refresh}))
+        .call(
+            "/v1/auth/refresh",
+            None,
+            &json!({"refresh_token": member.refresh}),
+        )
         .await;
-    assert_eq!(refresh.0, 401, "a pre-MFA refresh token is refused: {}", refresh.1);
+    assert_eq!(
+        refresh.0, 401,
+        "a pre-MFA refresh token is refused: {}",
+        refresh.1
+    );
 
     // Password alone yields a ticket; the ticket is no bearer token.
     let ticket = login_ticket(&app, &admin).await;
@@ -136,7 +161,13 @@ both!(credentials_second_factor_and_replays, |app| {
     assert_problem(app.get("/v1/me", t).await, 401, "invalid_token").await;
 
     // Second factor.
-    let (id, options) = start(&app, "/v1/auth/mfa/webauthn/start", None, json!({"mfa_ticket": t})).await;
+    let (id, options) = start(
+        &app,
+        "/v1/auth/mfa/webauthn/start",
+        None,
+        json!({"mfa_ticket": t}),
+    )
+    .await;
     let assertion = key.assert(&options);
     let (st, tokens) = app
         .call(
@@ -181,7 +212,13 @@ both!(credentials_second_factor_and_replays, |app| {
         "invalid_ceremony",
     )
     .await;
-    let (id2, options2) = start(&app, "/v1/auth/mfa/webauthn/start", None, json!({"mfa_ticket": t})).await;
+    let (id2, options2) = start(
+        &app,
+        "/v1/auth/mfa/webauthn/start",
+        None,
+        json!({"mfa_ticket": t}),
+    )
+    .await;
     assert_problem(
         app.post(
             "/v1/auth/mfa/webauthn/finish",
@@ -208,7 +245,13 @@ both!(credentials_second_factor_and_replays, |app| {
     .await;
 
     // An assertion made for another origin is refused.
-    let (id3, options3) = start(&app, "/v1/auth/mfa/webauthn/start", None, json!({"mfa_ticket": t})).await;
+    let (id3, options3) = start(
+        &app,
+        "/v1/auth/mfa/webauthn/start",
+        None,
+        json!({"mfa_ticket": t}),
+    )
+    .await;
     let foreign = key.assert_at("http://localhost:4000", &options3).unwrap();
     assert_problem(
         app.post(
@@ -227,14 +270,19 @@ both!(credentials_second_factor_and_replays, |app| {
     assert_eq!(enrol["mfa"], "enrol");
     let et = enrol["mfa_ticket"].as_str().unwrap();
     assert_problem(
-        app.post("/v1/auth/mfa/webauthn/start", "", &json!({"mfa_ticket": et}))
-            .await,
+        app.post(
+            "/v1/auth/mfa/webauthn/start",
+            "",
+            &json!({"mfa_ticket": et}),
+        )
+        .await,
         403,
         "enrolment_required",
     )
     .await;
     assert_problem(
-        app.post("/v1/me/webauthn/register/start", et, &json!({})).await,
+        app.post("/v1/me/webauthn/register/start", et, &json!({}))
+            .await,
         401,
         "invalid_token",
     )
@@ -254,7 +302,13 @@ both!(credentials_second_factor_and_replays, |app| {
     // The member's credential cannot answer for the admin.
     let ticket = login_ticket(&app, &admin).await;
     let t = ticket["mfa_ticket"].as_str().unwrap();
-    let (id4, mut options4) = start(&app, "/v1/auth/mfa/webauthn/start", None, json!({"mfa_ticket": t})).await;
+    let (id4, mut options4) = start(
+        &app,
+        "/v1/auth/mfa/webauthn/start",
+        None,
+        json!({"mfa_ticket": t}),
+    )
+    .await;
     let member_cred_id = member_key_credential_id(&mut member_key, &app, &member_access).await;
     options4["publicKey"]["allowCredentials"] =
         json!([{"type": "public-key", "id": member_cred_id}]);
@@ -275,24 +329,47 @@ both!(credentials_second_factor_and_replays, |app| {
     let ticket = login_ticket(&app, &admin).await;
     let tokens = app.complete_mfa(&ticket, &mut key).await;
     let admin_access = tokens["access_token"].as_str().unwrap().to_owned();
-    assert_problem(app.delete(&cred_path, &admin_access).await, 409, "last_credential").await;
+    assert_problem(
+        app.delete(&cred_path, &admin_access).await,
+        409,
+        "last_credential",
+    )
+    .await;
 
     // Admin resets the member's MFA: needs a recent step-up.
-    let member_id = claims_of(&member_access)["sub"].as_str().unwrap().to_owned();
+    let member_id = claims_of(&member_access)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let reset = format!("/v1/users/{member_id}/webauthn");
     app.clock.advance(Duration::minutes(6));
-    assert_problem(app.delete(&reset, &admin_access).await, 401, "step_up_required").await;
+    assert_problem(
+        app.delete(&reset, &admin_access).await,
+        401,
+        "step_up_required",
+    )
+    .await;
     let stepped = app.step_up_with(&admin_access, &mut key).await;
     let claims = claims_of(&stepped);
     assert_eq!(claims["auth_time"], app.clock.now().timestamp());
     // Another tenant's admin cannot reach the member, even stepped up.
     let stranger = app.new_tenant().await;
     let stranger = app.stepped_up(&stranger).await;
-    assert_problem(app.delete(&reset, &stranger.access).await, 404, "user_not_found").await;
+    assert_problem(
+        app.delete(&reset, &stranger.access).await,
+        404,
+        "user_not_found",
+    )
+    .await;
     let done: Value = app.delete(&reset, &stepped).await.json().await.unwrap();
     assert_eq!(done["removed"], 1);
     // The member's sessions ended, and the next sign-in enrols again.
-    assert_problem(app.get("/v1/me", &member_access).await, 401, "session_ended").await;
+    assert_problem(
+        app.get("/v1/me", &member_access).await,
+        401,
+        "session_ended",
+    )
+    .await;
     assert_eq!(login_ticket(&app, &member).await["mfa"], "enrol");
     // The reset is in the audit trail.
     let audit: Value = app
@@ -407,7 +484,13 @@ both!(passkey_sign_in_without_a_user_name, |app| {
 
     // A passkey of this tenant does not sign in to another one.
     let other = app.new_tenant().await;
-    let (id, options) = start(&app, "/v1/auth/passkey/start", None, json!({"tenant": other.tenant})).await;
+    let (id, options) = start(
+        &app,
+        "/v1/auth/passkey/start",
+        None,
+        json!({"tenant": other.tenant}),
+    )
+    .await;
     let assertion = assert_discoverable(&mut key, &options, &admin_cred);
     assert_problem(
         app.post(
@@ -423,8 +506,12 @@ both!(passkey_sign_in_without_a_user_name, |app| {
 
     // Unknown tenant; malformed input.
     assert_problem(
-        app.post("/v1/auth/passkey/start", "", &json!({"tenant": "no-such-tenant"}))
-            .await,
+        app.post(
+            "/v1/auth/passkey/start",
+            "",
+            &json!({"tenant": "no-such-tenant"}),
+        )
+        .await,
         404,
         "tenant_not_found",
     )
@@ -476,8 +563,15 @@ both!(erasure_needs_a_recent_step_up, |app| {
     assert_eq!(claims["amr"], json!(["pwd", "hwk", "mfa"]));
     // The step-up is a property of the session: the old token counts too, for a while.
     app.clock.advance(Duration::minutes(6));
-    assert_problem(app.post(&erase, &stepped, &json!({})).await, 401, "step_up_required").await;
+    assert_problem(
+        app.post(&erase, &stepped, &json!({})).await,
+        401,
+        "step_up_required",
+    )
+    .await;
     let stepped = app.step_up_with(&stepped, &mut key).await;
-    assert_eq!(app.post(&erase, &stepped, &json!({})).await.status(), StatusCode::OK);
-    let _ = PASSWORD;
+    assert_eq!(
+        app.post(&erase, &stepped, &json!({})).await.status(),
+        StatusCode::OK
+    );
 });

@@ -94,9 +94,8 @@ pub struct ConnectionIn {
 fn url(allow_http: bool) -> impl Fn(&str) -> Result<String, crm_domain::InvalidValue> {
     move |raw| {
         let raw = raw.trim();
-        let parsed = url::Url::parse(raw).map_err(|_| {
-            crm_domain::InvalidValue::new("invalid_url", "must be an absolute URL")
-        })?;
+        let parsed = url::Url::parse(raw)
+            .map_err(|_| crm_domain::InvalidValue::new("invalid_url", "must be an absolute URL"))?;
         let ok_scheme = parsed.scheme() == "https" || (allow_http && parsed.scheme() == "http");
         if !ok_scheme || parsed.host_str().is_none() || raw.len() > 500 {
             return Err(crm_domain::InvalidValue::new(
@@ -175,11 +174,14 @@ pub async fn put_connection(
         for (n, item) in items.iter().enumerate() {
             match item.as_str().map(crm_domain::values::domain_name) {
                 Some(Ok(d)) => domains.push(d),
-                _ => i.error(
-                    &format!("allowed_domains/{n}"),
-                    "invalid_domain",
-                    "must be a domain name such as example.com",
-                ),
+                _ => {
+                    let pointer = format!("{}/{n}", i.pointer("allowed_domains"));
+                    i.push_errors(vec![crm_domain::FieldError::at(
+                        pointer,
+                        "invalid_domain",
+                        "must be a domain name such as example.com",
+                    )]);
+                }
             }
         }
     }

@@ -8,7 +8,7 @@
 //! first finish, whether it succeeds or not.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
+use actix_web::{HttpResponse, delete, get, patch, post, put, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -291,7 +291,10 @@ pub async fn register_start(
 ) -> Result<HttpResponse, ApiError> {
     let p = caller.0;
     let user = users::get_user(&state.db, &p.tenant, p.user_id).await?;
-    let display = user.display_name.clone().unwrap_or_else(|| user.email.clone());
+    let display = user
+        .display_name
+        .clone()
+        .unwrap_or_else(|| user.email.clone());
     start_registration(&state, p.tenant.id(), p.user_id, &user.email, &display).await
 }
 
@@ -459,7 +462,10 @@ pub async fn enrol_start(
     let ticket = ticket_of(&state, &token, TicketKind::Enrol).await?;
     let tenant = crm_domain::tenants::tenant_scope(&state.db, ticket.tenant_id).await?;
     let user = users::get_user(&state.db, &tenant, ticket.user_id).await?;
-    let display = user.display_name.clone().unwrap_or_else(|| user.email.clone());
+    let display = user
+        .display_name
+        .clone()
+        .unwrap_or_else(|| user.email.clone());
     start_registration(
         &state,
         ticket.tenant_id,
@@ -505,8 +511,7 @@ pub async fn enrol_finish(
         kind: "user",
         request_id: None,
     };
-    let out =
-        finish_registration(&state, ticket.tenant_id, ticket.user_id, finish, &actor).await?;
+    let out = finish_registration(&state, ticket.tenant_id, ticket.user_id, finish, &actor).await?;
     Ok(HttpResponse::Created().json(out))
 }
 
@@ -702,8 +707,8 @@ pub async fn passkey_start(
     let mut i = Input::body(&body, &["tenant"])?;
     let slug = i.string("tenant", true, text(1, 63));
     i.finish()?;
-    let tenant_id = crm_domain::tenants::active_tenant_by_slug(&state.db, &slug.unwrap_or_default())
-        .await?;
+    let tenant_id =
+        crm_domain::tenants::active_tenant_by_slug(&state.db, &slug.unwrap_or_default()).await?;
     let (options, auth) = state
         .webauthn
         .start_discoverable_authentication()
@@ -759,10 +764,11 @@ pub async fn passkey_finish(
         .webauthn
         .identify_discoverable_authentication(&finish.credential)
         .map_err(|_| webauthn_failed())?;
-    let stored = mfa::passkey_by_credential_id(&state.db, challenge.tenant_id, &credential_key(cred_id))
-        .await?
-        .filter(|s| s.user_id.as_uuid() == user_handle)
-        .ok_or_else(webauthn_failed)?;
+    let stored =
+        mfa::passkey_by_credential_id(&state.db, challenge.tenant_id, &credential_key(cred_id))
+            .await?
+            .filter(|s| s.user_id.as_uuid() == user_handle)
+            .ok_or_else(webauthn_failed)?;
     let passkey: Passkey = state_from(&stored.passkey)?;
     let result = state
         .webauthn
@@ -939,23 +945,16 @@ pub async fn get_security(
 pub async fn put_security(
     admin: TenantAdmin,
     state: web::Data<AppState>,
-    req: HttpRequest,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let _ = req;
     let mut i = Input::body(&body, &["mfa_required"])?;
     let required = i.boolean("mfa_required", true);
     i.finish()?;
     let required = required.unwrap_or_default();
     let p = &admin.0;
-    let record = crm_domain::tenants::set_mfa_required(
-        &state.db,
-        p,
-        required,
-        &admin.1,
-        state.clock.now(),
-    )
-    .await?;
+    let record =
+        crm_domain::tenants::set_mfa_required(&state.db, p, required, &admin.1, state.clock.now())
+            .await?;
     Ok(HttpResponse::Ok().json(SecuritySettings {
         mfa_required: record,
     }))
