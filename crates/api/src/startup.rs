@@ -76,6 +76,7 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(users::list_users)
             .service(users::get_user)
             .service(users::update_user)
+            .service(users::delete_user)
             .service(companies::create_company)
             .service(companies::list_companies)
             .service(companies::get_company)
@@ -455,6 +456,31 @@ fn spawn_retention_job(state: web::Data<AppState>) {
     });
 }
 
+/// Browsers may call the API from the configured front-end origins only. Tokens travel in
+/// the `Authorization` header, never in cookies, so credentials mode stays off.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .max_age(600);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -511,6 +537,7 @@ impl Application {
         let spec_json = web::Data::new(SpecJson(serde_json::to_string_pretty(&spec)?));
         let table = web::Data::new(RouteTable::from_spec(&spec));
 
+        let cors_origins = state.settings.webauthn_origins.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -527,6 +554,7 @@ impl Application {
                 .route("/docs", web::get().to(meta::docs_page))
                 .route("/docs/docs.js", web::get().to(meta::docs_script))
                 .default_service(web::to(fallback))
+                .wrap(cors(&cors_origins))
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();
                     let request_id = req
@@ -539,7 +567,7 @@ impl Application {
                     let fut = srv.call(req);
                     async move {
                         let res = fut.await?;
-                        let mut res = ensure_problem(res);
+                        let mut res = ensure_problem(res.map_into_boxed_body());
                         security_headers(&mut res, &request_id);
                         let route = res.request().match_pattern().unwrap_or_else(|| "-".into());
                         log::info!(

@@ -31,6 +31,9 @@ commands:
                                 after restoring a backup: add the ledger entries from FILE
                                 that the restored database lacks, then re-apply every erasure
   retention run                 apply every tenant's retention policies once
+  users reset-mfa --tenant SLUG --email EMAIL
+                                remove a user's WebAuthn credentials and end their sessions
+                                (recovery when the only admin lost their authenticator)
   keys list                     list signing keys (the last one signs)
   keys rotate                   add a new signing key; restart the service to use it
   keys remove KID               remove a key; its tokens fail after the next restart
@@ -70,6 +73,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         "gdpr" if rest.first().map(String::as_str) == Some("export-ledger") => export_ledger(),
         "retention" if rest.first().map(String::as_str) == Some("run") => retention_run(),
         "keys" => keys(rest),
+        "users" if rest.first().map(String::as_str) == Some("reset-mfa") => reset_mfa(&rest[1..]),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -258,6 +262,24 @@ fn replay_erasures(args: &[String]) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("re-applied {n} erasure(s)");
+        Ok(())
+    })
+}
+
+fn reset_mfa(args: &[String]) -> anyhow::Result<()> {
+    let usage = "usage: crm users reset-mfa --tenant SLUG --email EMAIL";
+    let (tenant, email) = match args {
+        [a, t, b, e] if a == "--tenant" && b == "--email" => (t.clone(), e.clone()),
+        _ => bail!(usage),
+    };
+    init_logging();
+    let settings = Settings::from_env()?;
+    runtime()?.block_on(async move {
+        let db = open_database(&settings).await?;
+        let removed = crm_domain::mfa::reset_mfa_by_email(&db, &tenant, &email, SystemClock.now())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("removed {removed} credential(s); the user enrols again at the next sign-in");
         Ok(())
     })
 }

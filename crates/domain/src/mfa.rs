@@ -646,3 +646,33 @@ pub async fn record_step_up(
         .await?;
     Ok(amr)
 }
+
+/// The operator's way out of a lock-out (e.g. the only platform admin lost their key):
+/// resets the MFA of the user with this e-mail in the tenant with this slug.
+pub async fn reset_mfa_by_email(
+    db: &DatabaseConnection,
+    tenant_slug: &str,
+    email: &str,
+    now: DateTime<Utc>,
+) -> DomainResult<u64> {
+    let tenant_id = crate::tenants::active_tenant_by_slug(db, tenant_slug).await?;
+    let found = user::Entity::find()
+        .filter(user::Column::TenantId.eq(tenant_id.as_uuid()))
+        .filter(user::Column::Email.eq(email.trim().to_lowercase()))
+        .one(db)
+        .await?
+        .ok_or(DomainError::NotFound("user"))?;
+    let actor = Actor {
+        actor_id: None,
+        kind: "cli",
+        request_id: None,
+    };
+    reset_user_mfa(
+        db,
+        &Tenant::scoped(tenant_id),
+        UserId::from_uuid(found.id),
+        &actor,
+        now,
+    )
+    .await
+}

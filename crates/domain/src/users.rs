@@ -273,3 +273,59 @@ pub async fn change_own_password(
     txn.commit().await?;
     Ok(())
 }
+
+/// Deletes a user of the tenant with their credentials, sessions and linked identities (the
+/// staff member's own personal data). The audit trail keeps their id only. Nobody deletes
+/// themselves, and the tenant keeps one active admin.
+pub async fn delete_user(
+    db: &DatabaseConnection,
+    admin: &Principal,
+    id: UserId,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    let tenant = &admin.tenant;
+    let txn = db::begin_write(db).await?;
+    let current = get_user(&txn, tenant, id).await?;
+    if id == admin.user_id {
+        return Err(DomainError::Conflict {
+            code: "cannot_delete_self",
+            detail: "you cannot delete your own account".into(),
+        });
+    }
+    if current.role == Role::Admin && current.active {
+        let admins = user::Entity::find()
+            .filter(user::Column::TenantId.eq(tenant.id().as_uuid()))
+            .filter(user::Column::Role.eq(Role::Admin.as_str()))
+            .filter(user::Column::Active.eq(true))
+            .count(&txn)
+            .await?;
+        if admins <= 1 {
+            return Err(DomainError::Conflict {
+                code: "last_admin",
+                detail: "the tenant must keep at least one active admin".into(),
+            });
+        }
+    }
+    // Sessions, refresh tokens, credentials and identities go with the user (cascade).
+    user::Entity::delete_many()
+        .filter(user::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(user::Column::Id.eq(id.as_uuid()))
+        .exec(&txn)
+        .await?;
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        Event {
+            action: "user.deleted",
+            object_type: "user",
+            object_id: Some(id.as_uuid()),
+            details: None,
+        },
+        now,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}

@@ -575,3 +575,144 @@ both!(erasure_needs_a_recent_step_up, |app| {
         StatusCode::OK
     );
 });
+
+both!(deleting_a_user_needs_a_step_up, |app| {
+    let admin = app.new_tenant().await;
+    let member = app.new_user(&admin, "member").await;
+    let member_id = claims_of(&member.access)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/users/{member_id}");
+    assert_problem(
+        app.delete(&path, &admin.access).await,
+        401,
+        "step_up_required",
+    )
+    .await;
+    let admin = app.stepped_up(&admin).await;
+    // Not yourself, and never another tenant's user.
+    let admin_id = claims_of(&admin.access)["sub"].as_str().unwrap().to_owned();
+    assert_problem(
+        app.delete(&format!("/v1/users/{admin_id}"), &admin.access)
+            .await,
+        409,
+        "cannot_delete_self",
+    )
+    .await;
+    let stranger = app.new_tenant().await;
+    let stranger = app.stepped_up(&stranger).await;
+    assert_problem(
+        app.delete(&path, &stranger.access).await,
+        404,
+        "user_not_found",
+    )
+    .await;
+    // A member cannot delete anyone.
+    assert_problem(app.delete(&path, &member.access).await, 403, "forbidden").await;
+    assert_eq!(
+        app.delete(&path, &admin.access).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    // Gone with their sessions; the sign-in fails like any unknown account.
+    assert_problem(
+        app.get("/v1/me", &member.access).await,
+        401,
+        "session_ended",
+    )
+    .await;
+    assert_problem(app.get(&path, &admin.access).await, 404, "user_not_found").await;
+    assert_eq!(
+        app.login(&member.tenant, &member.email, &member.password)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // No row holds the deleted user's e-mail any more.
+    for (table, row) in crm_e2e::dump_all_rows(&app).await {
+        assert!(
+            !row.contains(&member.email),
+            "{table} still holds the e-mail"
+        );
+    }
+});
+
+both!(
+    ceremonies_expire_and_operators_can_reset_a_locked_out_admin,
+    |app| {
+        let admin = app.new_tenant().await;
+        let mut key = app.register_authenticator(&admin.access).await;
+        let (id, options) = start(
+            &app,
+            "/v1/auth/step-up/start",
+            Some(&admin.access),
+            json!({}),
+        )
+        .await;
+        app.clock.advance(Duration::minutes(6));
+        let admin = app
+            .session(&admin.tenant, &admin.email, &admin.password)
+            .await;
+        let late = key.assert(&options);
+        assert_problem(
+            app.post(
+                "/v1/auth/step-up/finish",
+                &admin.access,
+                &json!({"ceremony_id": id, "credential": late}),
+            )
+            .await,
+            401,
+            "invalid_ceremony",
+        )
+        .await;
+
+        // The platform admin loses their authenticator: the operator resets it from the
+        // command line's domain call, and the next sign-in enrols again.
+        let _ = app.platform_admin().await;
+        let db = crm_e2e::open_db(&app).await;
+        let removed =
+            crm_domain::mfa::reset_mfa_by_email(&db, "platform", &app.admin_email, app.clock.now())
+                .await
+                .unwrap();
+        assert_eq!(removed, 1);
+        let resp = app
+            .login("platform", &app.admin_email, &app.admin_password)
+            .await;
+        let ticket: Value = resp.json().await.unwrap();
+        assert_eq!(ticket["mfa"], "enrol");
+    }
+);
+
+both!(
+    browsers_may_call_from_the_configured_front_end_only,
+    |app| {
+        let preflight = |origin: &'static str| {
+            app.client
+                .request(Method::OPTIONS, app.url("/v1/auth/passkey/start"))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "content-type")
+                .send()
+        };
+        let ok = preflight(crm_e2e::FRONTEND_ORIGIN).await.unwrap();
+        assert!(ok.status().is_success(), "{}", ok.status());
+        assert_eq!(
+            ok.headers()["access-control-allow-origin"],
+            crm_e2e::FRONTEND_ORIGIN
+        );
+        let other = preflight("http://evil.example").await.unwrap();
+        assert!(other.headers().get("access-control-allow-origin").is_none());
+        // A simple request from the front end carries the header; from elsewhere it does not.
+        let resp = app
+            .client
+            .get(app.url("/health"))
+            .header("origin", crm_e2e::FRONTEND_ORIGIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.headers()["access-control-allow-origin"],
+            crm_e2e::FRONTEND_ORIGIN
+        );
+    }
+);

@@ -1,7 +1,7 @@
 //! `/v1/users`: a tenant admin manages the users of their own tenant.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, get, patch, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use crm_domain::ids::UserId;
 use crm_domain::passwords::Password;
@@ -239,4 +239,29 @@ pub async fn update_user(
     .await?;
     let version = user.version;
     Ok(with_etag(StatusCode::OK, &UserOut::from(user), version))
+}
+
+/// Delete a user: their account, credentials, sessions and linked SSO identities go; the
+/// audit trail keeps their id. Needs a recent WebAuthn step-up; you cannot delete yourself
+/// (409 `cannot_delete_self`) or the last active admin (409 `last_admin`).
+#[utoipa::path(
+    tag = "users",
+    params(("id" = Uuid, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "`step_up_required`", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`cannot_delete_self` or `last_admin`", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/users/{id}")]
+pub async fn delete_user(
+    caller: TenantAdmin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = UserId::from_uuid(path_id("user", &id)?);
+    crate::routes::webauthn::require_step_up(&state, &caller.0)?;
+    users::delete_user(&state.db, &caller.0, id, &caller.1, state.clock.now()).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
