@@ -11,6 +11,7 @@ mod m20261130_000002_gdpr;
 mod m20261130_000003_integration_clients;
 mod m20261130_000004_sub_processors;
 mod m20261201_000005_identity;
+mod m20261201_000006_events;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000003_integration_clients::Migration),
             Box::new(m20261130_000004_sub_processors::Migration),
             Box::new(m20261201_000005_identity::Migration),
+            Box::new(m20261201_000006_events::Migration),
         ]
     }
 }

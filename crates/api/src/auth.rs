@@ -338,6 +338,7 @@ scoped_type!(OrdersWrite, "orders:write", true);
 scoped_type!(ConsentsRead, "consents:read", false);
 scoped_type!(ConsentsWrite, "consents:write", true);
 scoped_type!(SuppressionRead, "suppression:read", false);
+scoped_type!(ChangesRead, "changes:read", false);
 
 caller_type!(
     /// May run GDPR operations: tenant admin or dpo.

@@ -45,6 +45,16 @@ pub struct Settings {
     pub step_up_max_age: Duration,
     /// Accept `http://` OpenID Connect issuers (development and tests only).
     pub sso_allow_http: bool,
+    /// Milliseconds between polls of the delivery worker inside the server; 0 runs none
+    /// (use `crm worker`).
+    pub worker_interval_ms: u64,
+    /// Tries before a webhook delivery is dead-lettered.
+    pub webhook_max_attempts: i32,
+    /// First retry delay; doubles with each try (with jitter), at most an hour.
+    pub webhook_retry_base: Duration,
+    /// Allow webhook URLs on loopback addresses (tests and local development only). Private,
+    /// link-local and metadata addresses are always refused.
+    pub webhook_allow_loopback: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +87,10 @@ impl Settings {
             ],
             step_up_max_age: Duration::minutes(5),
             sso_allow_http: true,
+            worker_interval_ms: 1000,
+            webhook_max_attempts: 8,
+            webhook_retry_base: Duration::seconds(30),
+            webhook_allow_loopback: false,
         }
     }
 
@@ -183,6 +197,18 @@ impl Settings {
         }
         if s.environment == Environment::Production {
             s.sso_allow_http = false;
+        }
+        if let Some(n) = int("CRM_WORKER_INTERVAL_MS", 0, 60_000)? {
+            s.worker_interval_ms = n as u64;
+        }
+        if let Some(n) = int("CRM_WEBHOOK_MAX_ATTEMPTS", 1, 50)? {
+            s.webhook_max_attempts = n as i32;
+        }
+        if let Some(n) = int("CRM_WEBHOOK_RETRY_BASE_SECS", 1, 3600)? {
+            s.webhook_retry_base = Duration::seconds(n);
+        }
+        if let Some(v) = get("CRM_WEBHOOK_ALLOW_LOOPBACK") {
+            s.webhook_allow_loopback = matches!(v.as_str(), "1" | "true" | "yes");
         }
         if let Some(v) = get("CRM_SSO_ALLOW_HTTP") {
             s.sso_allow_http = matches!(v.as_str(), "1" | "true" | "yes");

@@ -9,9 +9,11 @@ pub mod config;
 pub mod input;
 pub mod keys;
 pub mod openapi;
+pub mod outbound;
 pub mod problem;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod worker;
 
 pub use startup::{Application, openapi_spec};

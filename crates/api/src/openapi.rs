@@ -34,6 +34,7 @@ Lists use cursor pagination; writes honour `If-Match`.",
         (name = "consent", description = "Purposes, consent and lawful basis"),
         (name = "dsr", description = "Data-subject requests and retention (admin, dpo)"),
         (name = "sub-processors", description = "The processor's sub-processors (platform admins keep it, everyone reads it)"),
+        (name = "webhooks", description = "Webhook endpoints, deliveries and the partner change feed"),
         (name = "meta", description = "Health and signing keys"),
     )
 )]

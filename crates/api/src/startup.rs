@@ -28,7 +28,7 @@ use crate::keys::KeyStore;
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
 use crate::routes::{
     auth, clients, companies, consents, contacts, dsr, gdpr, meta, orders, sso, sub_processors,
-    tenants as tenant_routes, users, webauthn,
+    tenants as tenant_routes, users, webauthn, webhooks,
 };
 use crate::state::AppState;
 
@@ -62,6 +62,12 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(sso::delete_connection)
             .service(sso::start)
             .service(sso::callback)
+            .service(webhooks::create_webhook)
+            .service(webhooks::list_webhooks)
+            .service(webhooks::delete_webhook)
+            .service(webhooks::list_deliveries)
+            .service(webhooks::redeliver)
+            .service(webhooks::changes)
             .service(clients::token)
             .service(clients::create_client)
             .service(clients::list_clients)
@@ -501,8 +507,10 @@ impl Application {
         let keys = KeyStore::load(&settings.key_dir, settings.may_generate_keys())?;
         let suppression =
             crate::keys::load_suppression_secret(&settings.key_dir, settings.may_generate_keys())?;
-        let secret_box =
-            crate::keys::SecretBox::load(&settings.key_dir, settings.may_generate_keys())?;
+        let secret_box = Arc::new(crate::keys::SecretBox::load(
+            &settings.key_dir,
+            settings.may_generate_keys(),
+        )?);
         let webauthn = crate::routes::webauthn::relying_party(&settings)?;
         let oidc_http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -532,6 +540,15 @@ impl Application {
         });
         if state.settings.retention_interval_secs > 0 {
             spawn_retention_job(state.clone());
+        }
+        if state.settings.worker_interval_ms > 0 {
+            let worker = crate::worker::Worker {
+                db: state.db.clone(),
+                secret_box: state.secret_box.clone(),
+                settings: state.settings.clone(),
+                clock: state.clock.clone(),
+            };
+            tokio::spawn(worker.run_forever());
         }
         let spec = openapi_spec();
         let spec_json = web::Data::new(SpecJson(serde_json::to_string_pretty(&spec)?));

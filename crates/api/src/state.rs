@@ -20,7 +20,7 @@ pub struct AppState {
     /// WebAuthn relying party (id and origins from the settings).
     pub webauthn: webauthn_rs::Webauthn,
     /// Seals SSO client secrets.
-    pub secret_box: crate::keys::SecretBox,
+    pub secret_box: Arc<crate::keys::SecretBox>,
     /// Back-channel client for OpenID providers: no redirects, short timeouts.
     pub oidc_http: reqwest::Client,
 }

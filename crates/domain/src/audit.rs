@@ -105,7 +105,7 @@ fn digest(prev_hash: &str, m: &audit_event::Model) -> String {
 }
 
 /// Serialises appends per tenant on PostgreSQL (SQLite write transactions are serial already).
-async fn lock_chain(db: &impl ConnectionTrait, tenant: TenantId) -> DomainResult<()> {
+pub(crate) async fn lock_chain(db: &impl ConnectionTrait, tenant: TenantId) -> DomainResult<()> {
     if db.get_database_backend() == DbBackend::Postgres {
         let bytes = tenant.as_uuid().into_bytes();
         let mut key = [0u8; 8];

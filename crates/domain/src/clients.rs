@@ -21,7 +21,7 @@ use crate::tenancy::Tenant;
 
 /// Every scope a client can be given. Users' routes (accounts, GDPR operations, tenants) are
 /// never open to clients.
-pub const SCOPES: [&str; 9] = [
+pub const SCOPES: [&str; 10] = [
     "contacts:read",
     "contacts:write",
     "companies:read",
@@ -31,6 +31,7 @@ pub const SCOPES: [&str; 9] = [
     "consents:read",
     "consents:write",
     "suppression:read",
+    "changes:read",
 ];
 
 pub fn parse_scope(raw: &str) -> Result<String, InvalidValue> {

@@ -265,6 +265,32 @@ pub async fn record_consent(
         now,
     )
     .await?;
+    // Partners see a withdrawal at once (webhook and change feed); ids and codes only.
+    crate::events::emit(
+        &txn,
+        tenant.id(),
+        crate::events::NewEvent {
+            event_type: if input.granted {
+                "consent.granted"
+            } else {
+                "consent.withdrawn"
+            },
+            object_type: "consent",
+            object_id: Some(id),
+            subject_contact_id: Some(contact_id.as_uuid()),
+            payload: serde_json::json!({
+                "id": id,
+                "contact_id": contact_id.as_uuid(),
+                "purpose": purpose.key,
+                "status": status,
+                "lawful_basis": input.lawful_basis,
+                "channel": input.channel,
+                "recorded_at": now,
+            }),
+        },
+        now,
+    )
+    .await?;
     txn.commit().await?;
     Ok(ConsentRecord {
         id,

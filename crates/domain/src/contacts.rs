@@ -149,6 +149,45 @@ async fn check_company(
     Ok(())
 }
 
+/// The contact as partners see it in events (the same fields as the API).
+pub fn event_payload(c: &Contact) -> serde_json::Value {
+    serde_json::json!({
+        "id": c.id.as_uuid(),
+        "company_id": c.company_id.map(CompanyId::as_uuid),
+        "first_name": c.first_name,
+        "last_name": c.last_name,
+        "email": c.email,
+        "phone": c.phone,
+        "job_title": c.job_title,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "version": c.version,
+    })
+}
+
+async fn contact_event(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    event_type: &'static str,
+    c: &Contact,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    crate::events::emit(
+        db,
+        tenant.id(),
+        crate::events::NewEvent {
+            event_type,
+            object_type: "contact",
+            object_id: Some(c.id.as_uuid()),
+            subject_contact_id: Some(c.id.as_uuid()),
+            payload: event_payload(c),
+        },
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn create_contact(
     db: &DatabaseConnection,
     tenant: &Tenant,
@@ -195,6 +234,7 @@ pub async fn create_contact(
     )
     .await?;
     let created = get_contact(&txn, tenant, id).await?;
+    contact_event(&txn, tenant, "contact.created", &created, now).await?;
     txn.commit().await?;
     Ok(created)
 }
@@ -358,6 +398,7 @@ pub async fn update_contact(
     )
     .await?;
     let updated = get_contact(&txn, tenant, id).await?;
+    contact_event(&txn, tenant, "contact.updated", &updated, now).await?;
     txn.commit().await?;
     Ok(updated)
 }
@@ -415,6 +456,20 @@ pub async fn delete_contact(
             object_type: "contact",
             object_id: Some(id.as_uuid()),
             details: None,
+        },
+        now,
+    )
+    .await?;
+    // A tombstone: ids only.
+    crate::events::emit(
+        &txn,
+        tenant.id(),
+        crate::events::NewEvent {
+            event_type: "contact.deleted",
+            object_type: "contact",
+            object_id: Some(id.as_uuid()),
+            subject_contact_id: Some(id.as_uuid()),
+            payload: serde_json::json!({"id": id.as_uuid()}),
         },
         now,
     )

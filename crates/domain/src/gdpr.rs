@@ -351,6 +351,8 @@ pub async fn redact_contact(
         .exec(&txn)
         .await?;
     redact_links(&txn, tid, c.id).await?;
+    // Events about the person (queued deliveries, the change feed) keep ids only.
+    crate::events::scrub_subject(&txn, tid, c.id).await?;
     audit::record(
         &txn,
         tenant.id(),
@@ -546,6 +548,19 @@ pub async fn erase_contact(
         now,
     )
     .await?;
+    crate::events::emit(
+        &txn,
+        tenant.id(),
+        crate::events::NewEvent {
+            event_type: "contact.erased",
+            object_type: "contact",
+            object_id: Some(c.id),
+            subject_contact_id: Some(c.id),
+            payload: json!({"id": c.id}),
+        },
+        now,
+    )
+    .await?;
     txn.commit().await?;
     compact(db).await;
     plan.dry_run = false;
@@ -592,6 +607,7 @@ async fn apply_erasure(
         .filter(contact::Column::Id.eq(contact_id))
         .exec(db)
         .await?;
+    crate::events::scrub_subject(db, tid, contact_id).await?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod db;
 pub mod dsr;
 mod entities;
 pub mod error;
+pub mod events;
 pub mod gdpr;
 pub mod ids;
 pub mod mfa;

@@ -53,6 +53,8 @@ pub enum OnErasure {
     KeepDetachedRedacted,
     /// Deleted with their parent row.
     FollowsParent,
+    /// Kept (an event's place in the change feed), its payload reduced to ids.
+    ScrubbedToIds,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -167,6 +169,58 @@ pub const REGISTRY: &[TableClass] = &[
             not("revoked_at"),
             not("revoke_reason"),
             not("webauthn_at"),
+        ],
+    },
+    TableClass {
+        name: "events",
+        subject_link: Some("subject_contact_id"),
+        on_erasure: OnErasure::ScrubbedToIds,
+        columns: &[
+            not("id"),
+            not("tenant_id"),
+            not("seq"),
+            not("event_type"),
+            not("object_type"),
+            not("object_id"),
+            not("subject_contact_id"),
+            hidden("payload", ContactDetails),
+            not("created_at"),
+        ],
+    },
+    TableClass {
+        name: "webhook_endpoints",
+        subject_link: None,
+        on_erasure: OnErasure::NotSubjectData,
+        columns: &[
+            not("id"),
+            not("tenant_id"),
+            not("url"),
+            not("event_types"),
+            not("description"),
+            not("secret_enc"),
+            not("active"),
+            not("created_at"),
+            not("updated_at"),
+        ],
+    },
+    TableClass {
+        name: "webhook_deliveries",
+        subject_link: None,
+        on_erasure: OnErasure::FollowsParent,
+        columns: &[
+            not("id"),
+            not("tenant_id"),
+            not("endpoint_id"),
+            not("event_id"),
+            not("status"),
+            not("attempts"),
+            not("next_attempt_at"),
+            not("locked_until"),
+            not("last_attempt_at"),
+            not("last_status"),
+            not("last_error"),
+            not("delivered_at"),
+            not("created_at"),
         ],
     },
     TableClass {

@@ -97,7 +97,7 @@ async fn record_change(
     })
     .exec_without_returning(db)
     .await?;
-    Ok(())
+    crate::events::sub_processor_changed(db, sp.id, change, &json!(sp), now).await
 }
 
 pub async fn create(

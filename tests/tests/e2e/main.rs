@@ -6,6 +6,7 @@ mod auth;
 mod clients;
 mod crm;
 mod errors;
+mod events;
 mod gdpr;
 mod isolation;
 mod logs;

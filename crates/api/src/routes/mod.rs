@@ -15,6 +15,7 @@ pub mod sub_processors;
 pub mod tenants;
 pub mod users;
 pub mod webauthn;
+pub mod webhooks;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse};

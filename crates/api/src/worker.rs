@@ -1,0 +1,141 @@
+//! The delivery worker: claims due webhook deliveries from the outbox and sends them, signed
+//! per Standard Webhooks. Runs inside the server (every `CRM_WORKER_INTERVAL_MS`) and as
+//! `crm worker`; several workers on one PostgreSQL never send the same claim twice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use crm_domain::clock::Clock;
+use crm_domain::db::Db;
+use crm_domain::events::{self, Claimed, Outcome};
+use rand::Rng;
+use serde_json::json;
+
+use crate::config::{Environment, Settings};
+use crate::keys::SecretBox;
+use crate::outbound;
+
+/// What a worker needs; shared with the server's state or built by `crm worker`.
+pub struct Worker {
+    pub db: Db,
+    pub secret_box: Arc<SecretBox>,
+    pub settings: Settings,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// How long a claim lasts: longer than one delivery can take.
+const LEASE: i64 = 60;
+const BATCH: u64 = 20;
+
+impl Worker {
+    /// Claims and delivers what is due; returns how many attempts were made.
+    pub async fn run_once(&self) -> anyhow::Result<usize> {
+        let now = self.clock.now();
+        let claimed = events::claim_due(&self.db, now, Duration::seconds(LEASE), BATCH).await?;
+        let n = claimed.len();
+        for c in claimed {
+            let outcome = self.deliver(&c).await;
+            events::record_attempt(&self.db, c.id, outcome, self.clock.now()).await?;
+        }
+        Ok(n)
+    }
+
+    /// Polls until the process ends.
+    pub async fn run_forever(self) {
+        let every = std::time::Duration::from_millis(self.settings.worker_interval_ms.max(10));
+        loop {
+            match self.run_once().await {
+                // More may be due: go again at once.
+                Ok(n) if n as u64 == BATCH => continue,
+                Ok(_) => {}
+                Err(e) => log::error!("delivery worker: {e:#}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn retry_at(&self, attempts_done: i32, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if attempts_done >= self.settings.webhook_max_attempts {
+            return None;
+        }
+        let base = self.settings.webhook_retry_base.num_milliseconds() as f64;
+        let exp = base * 2f64.powi((attempts_done - 1).clamp(0, 20));
+        let capped = exp.min(3_600_000.0);
+        let jitter = rand::thread_rng().gen_range(0.8..1.2);
+        Some(now + Duration::milliseconds((capped * jitter) as i64))
+    }
+
+    async fn deliver(&self, c: &Claimed) -> Outcome {
+        let attempts_done = c.attempts + 1;
+        let fail = |status: Option<i32>, error: String| Outcome::Failed {
+            status,
+            error,
+            retry_at: self.retry_at(attempts_done, self.clock.now()),
+        };
+        let allow_http = self.settings.environment == Environment::Development;
+        let url = match outbound::check_url(&c.url, allow_http) {
+            Ok(u) => u,
+            Err(e) => return fail(None, e.to_string()),
+        };
+        let addr: SocketAddr =
+            match outbound::resolve_and_vet(&url, self.settings.webhook_allow_loopback).await {
+                Ok(a) => a,
+                Err(e) => return fail(None, e.to_string()),
+            };
+        let secret = match self.secret_box.open(&c.secret_enc) {
+            Ok(s) => s,
+            Err(e) => return fail(None, format!("signing secret: {e}")),
+        };
+        let e = &c.event;
+        let body = json!({
+            "type": e.event_type,
+            "timestamp": e.occurred_at,
+            "data": {
+                "event_id": e.id,
+                "seq": e.seq,
+                "object_type": e.object_type,
+                "object_id": e.object_id,
+                "object": e.data,
+            },
+        })
+        .to_string();
+        let msg_id = format!("msg_{}", e.id.simple());
+        let ts = self.clock.now().timestamp();
+        let signature = match outbound::sign(&secret, &msg_id, ts, &body) {
+            Ok(s) => s,
+            Err(e) => return fail(None, format!("signing: {e}")),
+        };
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let client = match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(&host, addr)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(outbound::TIMEOUT)
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => return fail(None, format!("client: {e}")),
+        };
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &msg_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => Outcome::Delivered {
+                status: i32::from(resp.status().as_u16()),
+            },
+            Ok(resp) => fail(
+                Some(i32::from(resp.status().as_u16())),
+                format!("receiver answered {}", resp.status()),
+            ),
+            Err(e) if e.is_timeout() => fail(None, "timed out".into()),
+            Err(_) => fail(None, "could not connect or send".into()),
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! Events: an outbox written in the same transaction as each change, so an event exists iff
+//! its change committed. It is also the partner change feed: `seq` is assigned per tenant
+//! under the tenant's write lock (the audit chain's), so it grows in commit order and a
+//! reader that pages by `seq` neither skips nor repeats.
+//!
+//! Webhook deliveries are fanned out when the event is written; a worker delivers them
+//! (at least once, retried with backoff, dead-lettered after a number of tries).
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::audit::{self, Actor, Event as AuditEvent};
+use crate::entities::{event, tenant, webhook_delivery, webhook_endpoint};
+use crate::error::{DomainError, DomainResult};
+use crate::ids::TenantId;
+use crate::tenancy::{Tenant, TenantKind};
+use crate::{conflict_on_unique, db};
+
+/// Event types a webhook can subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "contact.created",
+    "contact.updated",
+    "contact.deleted",
+    "contact.erased",
+    "consent.granted",
+    "consent.withdrawn",
+    "sub_processor.changed",
+];
+
+/// One event to write.
+pub struct NewEvent {
+    pub event_type: &'static str,
+    pub object_type: &'static str,
+    pub object_id: Option<Uuid>,
+    /// The contact the payload is about (its personal data is scrubbed on erasure).
+    pub subject_contact_id: Option<Uuid>,
+    pub payload: Value,
+}
+
+/// Writes an event and its webhook deliveries. Call inside the transaction of the change.
+pub async fn emit(
+    db: &impl ConnectionTrait,
+    tenant_id: TenantId,
+    e: NewEvent,
+    now: DateTime<Utc>,
+) -> DomainResult<Uuid> {
+    audit::lock_chain(db, tenant_id).await?;
+    let last = event::Entity::find()
+        .filter(event::Column::TenantId.eq(tenant_id.as_uuid()))
+        .order_by_desc(event::Column::Seq)
+        .limit(1)
+        .one(db)
+        .await?;
+    let seq = last.map_or(1, |l| l.seq + 1);
+    let id = Uuid::now_v7();
+    event::Entity::insert(event::ActiveModel {
+        id: Set(id),
+        tenant_id: Set(tenant_id.as_uuid()),
+        seq: Set(seq),
+        event_type: Set(e.event_type.to_owned()),
+        object_type: Set(e.object_type.to_owned()),
+        object_id: Set(e.object_id),
+        subject_contact_id: Set(e.subject_contact_id),
+        payload: Set(e.payload.to_string()),
+        created_at: Set(now),
+    })
+    .exec_without_returning(db)
+    .await?;
+    let endpoints = webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::TenantId.eq(tenant_id.as_uuid()))
+        .filter(webhook_endpoint::Column::Active.eq(true))
+        .all(db)
+        .await?;
+    for ep in endpoints
+        .iter()
+        .filter(|ep| subscribes(&ep.event_types, e.event_type))
+    {
+        webhook_delivery::Entity::insert(webhook_delivery::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            tenant_id: Set(tenant_id.as_uuid()),
+            endpoint_id: Set(ep.id),
+            event_id: Set(id),
+            status: Set("pending".into()),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            locked_until: Set(None),
+            last_attempt_at: Set(None),
+            last_status: Set(None),
+            last_error: Set(None),
+            delivered_at: Set(None),
+            created_at: Set(now),
+        })
+        .exec_without_returning(db)
+        .await?;
+    }
+    Ok(id)
+}
+
+/// Emits the same event to every active customer tenant (platform-wide changes).
+pub async fn emit_to_all_tenants(
+    db: &impl ConnectionTrait,
+    make: impl Fn() -> NewEvent,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    let tenants = tenant::Entity::find()
+        .filter(tenant::Column::Kind.eq(TenantKind::Customer.as_str()))
+        .filter(tenant::Column::Active.eq(true))
+        .all(db)
+        .await?;
+    for t in tenants {
+        emit(db, TenantId::from_uuid(t.id), make(), now).await?;
+    }
+    Ok(())
+}
+
+fn subscribes(types: &str, event_type: &str) -> bool {
+    types.split(' ').any(|t| t == "*" || t == event_type)
+}
+
+/// Reduces every event about a contact to ids: what erasure leaves of them.
+pub async fn scrub_subject(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    contact_id: Uuid,
+) -> DomainResult<()> {
+    event::Entity::update_many()
+        .col_expr(
+            event::Column::Payload,
+            Expr::value(json!({"id": contact_id, "erased": true}).to_string()),
+        )
+        .filter(event::Column::TenantId.eq(tenant_id))
+        .filter(event::Column::SubjectContactId.eq(contact_id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// An event as the change feed and webhooks show it.
+#[derive(Clone, Debug)]
+pub struct ChangeEvent {
+    pub id: Uuid,
+    pub seq: i64,
+    pub event_type: String,
+    pub object_type: String,
+    pub object_id: Option<Uuid>,
+    pub data: Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl From<event::Model> for ChangeEvent {
+    fn from(m: event::Model) -> Self {
+        ChangeEvent {
+            id: m.id,
+            seq: m.seq,
+            event_type: m.event_type,
+            object_type: m.object_type,
+            object_id: m.object_id,
+            data: serde_json::from_str(&m.payload).unwrap_or(Value::Null),
+            occurred_at: m.created_at,
+        }
+    }
+}
+
+/// The tenant's events after `since`, in commit order.
+pub async fn changes(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    since: i64,
+    limit: u64,
+) -> DomainResult<Vec<ChangeEvent>> {
+    Ok(event::Entity::find()
+        .filter(event::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(event::Column::Seq.gt(since))
+        .order_by_asc(event::Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(ChangeEvent::from)
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhook endpoints
+
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub description: Option<String>,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<webhook_endpoint::Model> for Endpoint {
+    fn from(m: webhook_endpoint::Model) -> Self {
+        Endpoint {
+            id: m.id,
+            url: m.url,
+            event_types: m.event_types.split(' ').map(str::to_owned).collect(),
+            description: m.description,
+            active: m.active,
+            created_at: m.created_at,
+        }
+    }
+}
+
+pub struct NewEndpoint {
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub description: Option<String>,
+    /// The signing secret, encrypted by the API's key.
+    pub secret_enc: String,
+}
+
+pub async fn create_endpoint(
+    db: &DatabaseConnection,
+    tenant: &Tenant,
+    input: NewEndpoint,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<Endpoint> {
+    let txn = db::begin_write(db).await?;
+    let id = Uuid::now_v7();
+    webhook_endpoint::Entity::insert(webhook_endpoint::ActiveModel {
+        id: Set(id),
+        tenant_id: Set(tenant.id().as_uuid()),
+        url: Set(input.url),
+        event_types: Set(input.event_types.join(" ")),
+        description: Set(input.description),
+        secret_enc: Set(input.secret_enc),
+        active: Set(true),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_without_returning(&txn)
+    .await
+    .map_err(|e| conflict_on_unique(e, "webhook_exists", "this webhook exists"))?;
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        AuditEvent {
+            action: "webhook.created",
+            object_type: "webhook",
+            object_id: Some(id),
+            details: None,
+        },
+        now,
+    )
+    .await?;
+    let ep = get_endpoint(&txn, tenant, id).await?;
+    txn.commit().await?;
+    Ok(ep)
+}
+
+pub async fn get_endpoint(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    id: Uuid,
+) -> DomainResult<Endpoint> {
+    webhook_endpoint::Entity::find_by_id(id)
+        .filter(webhook_endpoint::Column::TenantId.eq(tenant.id().as_uuid()))
+        .one(db)
+        .await?
+        .map(Endpoint::from)
+        .ok_or(DomainError::NotFound("webhook"))
+}
+
+pub async fn list_endpoints(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+) -> DomainResult<Vec<Endpoint>> {
+    Ok(webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::TenantId.eq(tenant.id().as_uuid()))
+        .order_by_asc(webhook_endpoint::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Endpoint::from)
+        .collect())
+}
+
+/// Removes an endpoint with its pending deliveries.
+pub async fn delete_endpoint(
+    db: &DatabaseConnection,
+    tenant: &Tenant,
+    id: Uuid,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    let txn = db::begin_write(db).await?;
+    let deleted = webhook_endpoint::Entity::delete_many()
+        .filter(webhook_endpoint::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(webhook_endpoint::Column::Id.eq(id))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    if deleted != 1 {
+        return Err(DomainError::NotFound("webhook"));
+    }
+    audit::record(
+        &txn,
+        tenant.id(),
+        actor,
+        AuditEvent {
+            action: "webhook.deleted",
+            object_type: "webhook",
+            object_id: Some(id),
+            details: None,
+        },
+        now,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_id: Uuid,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl From<webhook_delivery::Model> for Delivery {
+    fn from(m: webhook_delivery::Model) -> Self {
+        Delivery {
+            id: m.id,
+            endpoint_id: m.endpoint_id,
+            event_id: m.event_id,
+            status: m.status,
+            attempts: m.attempts,
+            next_attempt_at: m.next_attempt_at,
+            last_attempt_at: m.last_attempt_at,
+            last_status: m.last_status,
+            last_error: m.last_error,
+            delivered_at: m.delivered_at,
+        }
+    }
+}
+
+/// An endpoint's deliveries, newest first (at most `limit`).
+pub async fn list_deliveries(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    endpoint_id: Uuid,
+    limit: u64,
+) -> DomainResult<Vec<Delivery>> {
+    get_endpoint(db, tenant, endpoint_id).await?;
+    Ok(webhook_delivery::Entity::find()
+        .filter(webhook_delivery::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(webhook_delivery::Column::EndpointId.eq(endpoint_id))
+        .order_by_desc(webhook_delivery::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Delivery::from)
+        .collect())
+}
+
+/// Queues a delivery again (e.g. a dead one after the receiver was fixed).
+pub async fn redeliver(
+    db: &DatabaseConnection,
+    tenant: &Tenant,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> DomainResult<Delivery> {
+    let txn = db::begin_write(db).await?;
+    let updated = webhook_delivery::Entity::update_many()
+        .col_expr(webhook_delivery::Column::Status, Expr::value("pending"))
+        .col_expr(webhook_delivery::Column::Attempts, Expr::value(0))
+        .col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(now))
+        .col_expr(
+            webhook_delivery::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(webhook_delivery::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(webhook_delivery::Column::Id.eq(id))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    if updated != 1 {
+        return Err(DomainError::NotFound("delivery"));
+    }
+    let row = webhook_delivery::Entity::find_by_id(id)
+        .one(&txn)
+        .await?
+        .ok_or(DomainError::NotFound("delivery"))?;
+    txn.commit().await?;
+    Ok(row.into())
+}
+
+// ---------------------------------------------------------------------------------------
+// The worker's side
+
+/// A delivery claimed by a worker for `lease`: what it needs to send it.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub attempts: i32,
+    pub url: String,
+    pub secret_enc: String,
+    pub event: ChangeEvent,
+}
+
+/// Claims up to `limit` due deliveries. On PostgreSQL rows are locked with
+/// `FOR UPDATE SKIP LOCKED` while the lease is written, so concurrent workers never claim the
+/// same row; SQLite write transactions are serial.
+pub async fn claim_due(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    lease: Duration,
+    limit: u64,
+) -> DomainResult<Vec<Claimed>> {
+    let txn = db::begin_write(db).await?;
+    let due = webhook_delivery::Entity::find()
+        .filter(webhook_delivery::Column::Status.eq("pending"))
+        .filter(webhook_delivery::Column::NextAttemptAt.lte(now))
+        .filter(
+            sea_orm::Condition::any()
+                .add(webhook_delivery::Column::LockedUntil.is_null())
+                .add(webhook_delivery::Column::LockedUntil.lt(now)),
+        )
+        .order_by_asc(webhook_delivery::Column::NextAttemptAt)
+        .limit(limit)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .all(&txn)
+        .await?;
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = due.iter().map(|d| d.id).collect();
+    webhook_delivery::Entity::update_many()
+        .col_expr(
+            webhook_delivery::Column::LockedUntil,
+            Expr::value(now + lease),
+        )
+        .filter(webhook_delivery::Column::Id.is_in(ids))
+        .exec(&txn)
+        .await?;
+    let mut claimed = Vec::with_capacity(due.len());
+    for d in due {
+        let ep = webhook_endpoint::Entity::find_by_id(d.endpoint_id)
+            .one(&txn)
+            .await?;
+        let ev = event::Entity::find_by_id(d.event_id).one(&txn).await?;
+        if let (Some(ep), Some(ev)) = (ep, ev) {
+            claimed.push(Claimed {
+                id: d.id,
+                attempts: d.attempts,
+                url: ep.url,
+                secret_enc: ep.secret_enc,
+                event: ev.into(),
+            });
+        }
+    }
+    txn.commit().await?;
+    Ok(claimed)
+}
+
+/// What one attempt came to.
+pub enum Outcome {
+    Delivered {
+        status: i32,
+    },
+    /// Failed; `retry_at` None means no more tries (dead letter).
+    Failed {
+        status: Option<i32>,
+        error: String,
+        retry_at: Option<DateTime<Utc>>,
+    },
+}
+
+pub async fn record_attempt(
+    db: &DatabaseConnection,
+    id: Uuid,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    let none: Option<DateTime<Utc>> = None;
+    let mut q = webhook_delivery::Entity::update_many()
+        .col_expr(
+            webhook_delivery::Column::Attempts,
+            Expr::col(webhook_delivery::Column::Attempts).add(1),
+        )
+        .col_expr(webhook_delivery::Column::LastAttemptAt, Expr::value(now))
+        .col_expr(webhook_delivery::Column::LockedUntil, Expr::value(none));
+    q = match outcome {
+        Outcome::Delivered { status } => q
+            .col_expr(webhook_delivery::Column::Status, Expr::value("delivered"))
+            .col_expr(webhook_delivery::Column::LastStatus, Expr::value(status))
+            .col_expr(
+                webhook_delivery::Column::LastError,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(webhook_delivery::Column::DeliveredAt, Expr::value(now)),
+        Outcome::Failed {
+            status,
+            error,
+            retry_at,
+        } => {
+            let error: String = error.chars().take(500).collect();
+            let q = q
+                .col_expr(webhook_delivery::Column::LastStatus, Expr::value(status))
+                .col_expr(webhook_delivery::Column::LastError, Expr::value(error));
+            match retry_at {
+                Some(at) => q.col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(at)),
+                None => q.col_expr(webhook_delivery::Column::Status, Expr::value("dead")),
+            }
+        }
+    };
+    let txn = db::begin_write(db).await?;
+    q.filter(webhook_delivery::Column::Id.eq(id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Records a change of the sub-processor register as an event of every tenant.
+pub async fn sub_processor_changed(
+    db: &impl ConnectionTrait,
+    sub_processor_id: Uuid,
+    change: &str,
+    snapshot: &Value,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    emit_to_all_tenants(
+        db,
+        || NewEvent {
+            event_type: "sub_processor.changed",
+            object_type: "sub_processor",
+            object_id: Some(sub_processor_id),
+            subject_contact_id: None,
+            payload: json!({"change": change, "sub_processor": snapshot}),
+        },
+        now,
+    )
+    .await
+}
