@@ -427,7 +427,7 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<crm_domain::db
 
 /// Applies every tenant's retention policies periodically. Each run is bounded per tenant;
 /// with several nodes each runs it, which is safe: an erased contact is simply not found again.
-fn spawn_retention_job(state: web::Data<AppState>) {
+fn spawn_retention_job(state: web::Data<AppState>) -> tokio::task::JoinHandle<()> {
     let every = std::time::Duration::from_secs(state.settings.retention_interval_secs);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -459,7 +459,7 @@ fn spawn_retention_job(state: web::Data<AppState>) {
                 log::error!("pruning expired ceremonies failed: {e}");
             }
         }
-    });
+    })
 }
 
 /// Browsers may call the API from the configured front-end origins only. Tokens travel in
@@ -491,6 +491,7 @@ pub struct Application {
     port: u16,
     server: Server,
     first_run: Option<FirstRunCredentials>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -538,8 +539,10 @@ impl Application {
             secret_box,
             oidc_http,
         });
+        // Background jobs live as long as the server.
+        let mut background = Vec::new();
         if state.settings.retention_interval_secs > 0 {
-            spawn_retention_job(state.clone());
+            background.push(spawn_retention_job(state.clone()));
         }
         if state.settings.worker_interval_ms > 0 {
             let worker = crate::worker::Worker {
@@ -548,7 +551,7 @@ impl Application {
                 settings: state.settings.clone(),
                 clock: state.clock.clone(),
             };
-            tokio::spawn(worker.run_forever());
+            background.push(tokio::spawn(worker.run_forever()));
         }
         let spec = openapi_spec();
         let spec_json = web::Data::new(SpecJson(serde_json::to_string_pretty(&spec)?));
@@ -603,6 +606,7 @@ impl Application {
             port,
             server,
             first_run,
+            background,
         })
     }
 
@@ -616,7 +620,11 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        for job in self.background {
+            job.abort();
+        }
+        result
     }
 
     pub fn handle(&self) -> actix_web::dev::ServerHandle {

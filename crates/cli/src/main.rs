@@ -31,6 +31,9 @@ commands:
                                 after restoring a backup: add the ledger entries from FILE
                                 that the restored database lacks, then re-apply every erasure
   retention run                 apply every tenant's retention policies once
+  worker                        deliver queued webhooks until stopped (beside or instead of
+                                the server's own worker; set CRM_WORKER_INTERVAL_MS=0 on the
+                                servers to leave delivery to dedicated workers)
   users reset-mfa --tenant SLUG --email EMAIL
                                 remove a user's WebAuthn credentials and end their sessions
                                 (recovery when the only admin lost their authenticator)
@@ -73,6 +76,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         "gdpr" if rest.first().map(String::as_str) == Some("export-ledger") => export_ledger(),
         "retention" if rest.first().map(String::as_str) == Some("run") => retention_run(),
         "keys" => keys(rest),
+        "worker" => worker(),
         "users" if rest.first().map(String::as_str) == Some("reset-mfa") => reset_mfa(&rest[1..]),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -262,6 +266,33 @@ fn replay_erasures(args: &[String]) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("re-applied {n} erasure(s)");
+        Ok(())
+    })
+}
+
+fn worker() -> anyhow::Result<()> {
+    init_logging();
+    let mut settings = Settings::from_env()?;
+    if settings.worker_interval_ms == 0 {
+        settings.worker_interval_ms = 1000;
+    }
+    let secret_box = std::sync::Arc::new(crm_api::keys::SecretBox::load(
+        &settings.key_dir,
+        settings.may_generate_keys(),
+    )?);
+    runtime()?.block_on(async move {
+        let db = open_database(&settings).await?;
+        log::info!("delivery worker started");
+        let worker = crm_api::worker::Worker {
+            db,
+            secret_box,
+            settings,
+            clock: Arc::new(SystemClock),
+        };
+        tokio::select! {
+            () = worker.run_forever() => {}
+            _ = tokio::signal::ctrl_c() => log::info!("delivery worker stopped"),
+        }
         Ok(())
     })
 }
