@@ -12,6 +12,7 @@ mod m20261130_000003_integration_clients;
 mod m20261130_000004_sub_processors;
 mod m20261201_000005_identity;
 mod m20261201_000006_events;
+mod m20261201_000007_breaches;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_sub_processors::Migration),
             Box::new(m20261201_000005_identity::Migration),
             Box::new(m20261201_000006_events::Migration),
+            Box::new(m20261201_000007_breaches::Migration),
         ]
     }
 }

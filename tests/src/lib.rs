@@ -126,6 +126,8 @@ pub struct TestApp {
     pub demo_password: String,
     /// The platform admin's authenticator (platform admins always need WebAuthn).
     pub admin_authenticator: std::sync::Mutex<Authenticator>,
+    /// The SMTP sink the service's notifications go to.
+    pub mail: MailSink,
     pub key_dir: PathBuf,
     pub settings: Settings,
     handle: actix_web::dev::ServerHandle,
@@ -232,6 +234,8 @@ impl TestApp {
         settings.webhook_allow_loopback = true;
         settings.webhook_max_attempts = 3;
         settings.webhook_retry_base = chrono::Duration::seconds(1);
+        let mail = MailSink::start().await;
+        settings.smtp_relay = Some(mail.relay.clone());
         let clock = Arc::new(TestClock::default());
         let mut app = Application::build_with_policy(settings.clone(), clock.clone(), throttle)
             .await
@@ -254,6 +258,7 @@ impl TestApp {
             admin_password: creds.password,
             demo_password: creds.demo_password,
             admin_authenticator: std::sync::Mutex::new(Authenticator::new()),
+            mail,
             key_dir: settings.key_dir.clone(),
             settings,
             db,
@@ -967,5 +972,95 @@ impl Receiver {
 
     pub async fn stop(self) {
         self.handle.stop(false).await;
+    }
+}
+
+/// One message the [`MailSink`] accepted.
+#[derive(Clone, Debug)]
+pub struct Mail {
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// A local SMTP sink on 127.0.0.1: accepts every message and keeps it for the test to read.
+pub struct MailSink {
+    /// `host:port` for `CRM_SMTP_RELAY`.
+    pub relay: String,
+    got: Arc<std::sync::Mutex<Vec<Mail>>>,
+}
+
+impl MailSink {
+    pub async fn start() -> MailSink {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = listener.local_addr().unwrap().to_string();
+        let got: Arc<std::sync::Mutex<Vec<Mail>>> = Arc::default();
+        let sink = got.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                    let mut to = Vec::new();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                        let reply: &[u8] = match verb.as_str() {
+                            "EHLO" | "HELO" => b"250-sink\r\n250 8BITMIME\r\n",
+                            "RCPT" => {
+                                let addr = line
+                                    .split_once(':')
+                                    .map(|(_, a)| a.trim().trim_matches(['<', '>']).to_owned())
+                                    .unwrap_or_default();
+                                to.push(addr);
+                                b"250 OK\r\n"
+                            }
+                            "DATA" => {
+                                let _ = write.write_all(b"354 go ahead\r\n").await;
+                                let mut data = String::new();
+                                while let Ok(Some(l)) = lines.next_line().await {
+                                    if l == "." {
+                                        break;
+                                    }
+                                    data.push_str(&l);
+                                    data.push('\n');
+                                }
+                                sink.lock().unwrap().push(Mail {
+                                    to: std::mem::take(&mut to),
+                                    data,
+                                });
+                                b"250 queued\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                break;
+                            }
+                            _ => b"250 OK\r\n",
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        MailSink { relay, got }
+    }
+
+    pub fn received(&self) -> Vec<Mail> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 20 s) until at least `n` messages arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Mail> {
+        for _ in 0..400 {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("expected {n} e-mails, got {}", self.received().len());
     }
 }

@@ -55,6 +55,10 @@ pub struct Settings {
     /// Allow webhook URLs on loopback addresses (tests and local development only). Private,
     /// link-local and metadata addresses are always refused.
     pub webhook_allow_loopback: bool,
+    /// SMTP relay for notifications (`host:port`); none keeps e-mails queued.
+    pub smtp_relay: Option<String>,
+    /// Sender address of notifications.
+    pub mail_from: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +95,8 @@ impl Settings {
             webhook_max_attempts: 8,
             webhook_retry_base: Duration::seconds(30),
             webhook_allow_loopback: false,
+            smtp_relay: None,
+            mail_from: "CRM <no-reply@localhost>".into(),
         }
     }
 
@@ -206,6 +212,18 @@ impl Settings {
         }
         if let Some(n) = int("CRM_WEBHOOK_RETRY_BASE_SECS", 1, 3600)? {
             s.webhook_retry_base = Duration::seconds(n);
+        }
+        if let Some(v) = get("CRM_SMTP_RELAY") {
+            let ok = v
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError("CRM_SMTP_RELAY must be host:port".into()));
+            }
+            s.smtp_relay = Some(v);
+        }
+        if let Some(v) = get("CRM_MAIL_FROM") {
+            s.mail_from = v;
         }
         if let Some(v) = get("CRM_WEBHOOK_ALLOW_LOOPBACK") {
             s.webhook_allow_loopback = matches!(v.as_str(), "1" | "true" | "yes");

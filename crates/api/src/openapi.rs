@@ -35,6 +35,7 @@ Lists use cursor pagination; writes honour `If-Match`.",
         (name = "dsr", description = "Data-subject requests and retention (admin, dpo)"),
         (name = "sub-processors", description = "The processor's sub-processors (platform admins keep it, everyone reads it)"),
         (name = "webhooks", description = "Webhook endpoints, deliveries and the partner change feed"),
+        (name = "breaches", description = "The breach register (Art. 33/34) and notifications"),
         (name = "meta", description = "Health and signing keys"),
     )
 )]

@@ -27,8 +27,8 @@ use crate::config::{Environment, Settings};
 use crate::keys::KeyStore;
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response};
 use crate::routes::{
-    auth, clients, companies, consents, contacts, dsr, gdpr, meta, orders, sso, sub_processors,
-    tenants as tenant_routes, users, webauthn, webhooks,
+    auth, breaches, clients, companies, consents, contacts, dsr, gdpr, meta, orders, sso,
+    sub_processors, tenants as tenant_routes, users, webauthn, webhooks,
 };
 use crate::state::AppState;
 
@@ -68,6 +68,12 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(webhooks::list_deliveries)
             .service(webhooks::redeliver)
             .service(webhooks::changes)
+            .service(breaches::create_breach)
+            .service(breaches::list_breaches)
+            .service(breaches::get_breach)
+            .service(breaches::add_update)
+            .service(breaches::notify)
+            .service(breaches::notifications)
             .service(clients::token)
             .service(clients::create_client)
             .service(clients::list_clients)

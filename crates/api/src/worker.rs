@@ -29,14 +29,71 @@ const LEASE: i64 = 60;
 const BATCH: u64 = 20;
 
 impl Worker {
-    /// Claims and delivers what is due; returns how many attempts were made.
+    /// Claims and delivers what is due (webhooks, then e-mails); returns how many attempts
+    /// were made.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         let now = self.clock.now();
         let claimed = events::claim_due(&self.db, now, Duration::seconds(LEASE), BATCH).await?;
-        let n = claimed.len();
+        let mut n = claimed.len();
         for c in claimed {
             let outcome = self.deliver(&c).await;
             events::record_attempt(&self.db, c.id, outcome, self.clock.now()).await?;
+        }
+        n += self.send_emails().await?;
+        Ok(n)
+    }
+
+    async fn send_emails(&self) -> anyhow::Result<usize> {
+        use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+        let Some(relay) = &self.settings.smtp_relay else {
+            return Ok(0);
+        };
+        let (host, port) = relay
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("CRM_SMTP_RELAY must be host:port"))?;
+        let claimed = crm_domain::breaches::claim_emails(
+            &self.db,
+            self.clock.now(),
+            Duration::seconds(LEASE),
+            BATCH,
+        )
+        .await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(outbound::TIMEOUT))
+            .build();
+        let n = claimed.len();
+        for m in claimed {
+            let message = Message::builder()
+                .from(self.settings.mail_from.parse()?)
+                .to(match m.to.parse() {
+                    Ok(to) => to,
+                    Err(_) => {
+                        let result = Err(("invalid recipient address".to_owned(), None));
+                        crm_domain::breaches::record_email(
+                            &self.db,
+                            m.id,
+                            result,
+                            self.clock.now(),
+                        )
+                        .await?;
+                        continue;
+                    }
+                })
+                .subject(m.subject.clone())
+                .body(m.body.clone())?;
+            let result = match transport.send(message).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err((
+                    format!("SMTP: {e}"),
+                    self.retry_at(m.attempts + 1, self.clock.now()),
+                )),
+            };
+            crm_domain::breaches::record_email(&self.db, m.id, result, self.clock.now()).await?;
         }
         Ok(n)
     }

@@ -32,6 +32,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "consent.granted",
     "consent.withdrawn",
     "sub_processor.changed",
+    "breach.notified",
 ];
 
 /// One event to write.

@@ -512,6 +512,9 @@ pub async fn erase_contact(
         return Ok(plan);
     }
     apply_erasure(&txn, tid, c.id, &delete).await?;
+    if let Some(address) = &c.email {
+        crate::breaches::forget_address(&txn, tid, address).await?;
+    }
     if let Some(email) = &email {
         suppression::suppress(&txn, secret, tenant.id(), email, now).await?;
     }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod breaches;
 pub mod clients;
 pub mod clock;
 pub mod companies;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod breaches;
 mod clients;
 mod crm;
 mod errors;

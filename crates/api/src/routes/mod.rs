@@ -2,6 +2,7 @@
 //! map to the wire type.
 
 pub mod auth;
+pub mod breaches;
 pub mod clients;
 pub mod companies;
 pub mod consents;

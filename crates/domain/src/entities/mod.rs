@@ -4,10 +4,14 @@
 pub mod audit_event;
 pub mod auth_challenge;
 pub mod auth_throttle;
+pub mod breach;
+pub mod breach_tenant;
+pub mod breach_update;
 pub mod company;
 pub mod consent;
 pub mod contact;
 pub mod dsr_request;
+pub mod email_outbox;
 pub mod erasure_ledger;
 pub mod event;
 pub mod gdpr_setting;
