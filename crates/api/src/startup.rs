@@ -94,6 +94,7 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(companies::get_company)
             .service(companies::update_company)
             .service(companies::delete_company)
+            .service(contacts::batch_upsert)
             .service(contacts::create_contact)
             .service(contacts::list_contacts)
             .service(contacts::get_contact)

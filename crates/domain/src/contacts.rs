@@ -196,11 +196,24 @@ pub async fn create_contact(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
+    let txn = db::begin_write(db).await?;
+    let created = create_in(&txn, tenant, input, gate, actor, now).await?;
+    txn.commit().await?;
+    Ok(created)
+}
+
+async fn create_in(
+    txn: &impl ConnectionTrait,
+    tenant: &Tenant,
+    input: NewContact,
+    gate: &SuppressionGate<'_>,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<Contact> {
     let email = input.email.as_ref().map(|e| e.as_str().to_owned());
     identifiable(&input.first_name, &input.last_name, &email)?;
-    let txn = db::begin_write(db).await?;
-    check_company(&txn, tenant, input.company_id).await?;
-    let overridden = check_suppression(&txn, tenant, input.email.as_ref(), gate).await?;
+    check_company(txn, tenant, input.company_id).await?;
+    let overridden = check_suppression(txn, tenant, input.email.as_ref(), gate).await?;
     let id = ContactId::new();
     contact::Entity::insert(contact::ActiveModel {
         id: Set(id.as_uuid()),
@@ -217,11 +230,11 @@ pub async fn create_contact(
         legal_hold: Set(false),
         redacted_at: Set(None),
     })
-    .exec_without_returning(&txn)
+    .exec_without_returning(txn)
     .await
     .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
     audit::record(
-        &txn,
+        txn,
         tenant.id(),
         actor,
         Event {
@@ -233,9 +246,8 @@ pub async fn create_contact(
         now,
     )
     .await?;
-    let created = get_contact(&txn, tenant, id).await?;
-    contact_event(&txn, tenant, "contact.created", &created, now).await?;
-    txn.commit().await?;
+    let created = get_contact(txn, tenant, id).await?;
+    contact_event(txn, tenant, "contact.created", &created, now).await?;
     Ok(created)
 }
 
@@ -321,7 +333,23 @@ pub async fn update_contact(
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
     let txn = db::begin_write(db).await?;
-    let current = get_contact(&txn, tenant, id).await?;
+    let updated = update_in(&txn, tenant, id, changes, if_match, gate, actor, now).await?;
+    txn.commit().await?;
+    Ok(updated)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn update_in(
+    txn: &impl ConnectionTrait,
+    tenant: &Tenant,
+    id: ContactId,
+    changes: ContactChanges,
+    if_match: Option<i32>,
+    gate: &SuppressionGate<'_>,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<Contact> {
+    let current = get_contact(txn, tenant, id).await?;
     check_version(if_match, current.version)?;
     if current.redacted_at.is_some() {
         return Err(DomainError::Conflict {
@@ -346,9 +374,9 @@ pub async fn update_contact(
         Patch::Value(e) if current.email.as_deref() != Some(e.as_str()) => Some(e.clone()),
         _ => None,
     };
-    let overridden = check_suppression(&txn, tenant, new_email.as_ref(), gate).await?;
+    let overridden = check_suppression(txn, tenant, new_email.as_ref(), gate).await?;
     if let Patch::Value(company) = &changes.company_id {
-        check_company(&txn, tenant, Some(*company)).await?;
+        check_company(txn, tenant, Some(*company)).await?;
     }
     let first_name = changes.first_name.apply_to(current.first_name);
     let last_name = changes.last_name.apply_to(current.last_name);
@@ -376,7 +404,7 @@ pub async fn update_contact(
         .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
         .filter(contact::Column::Id.eq(id.as_uuid()))
         .filter(contact::Column::Version.eq(current.version))
-        .exec(&txn)
+        .exec(txn)
         .await
         .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
     crate::expect_one_row(result.rows_affected)?;
@@ -385,7 +413,7 @@ pub async fn update_contact(
         details["suppression"] = o;
     }
     audit::record(
-        &txn,
+        txn,
         tenant.id(),
         actor,
         Event {
@@ -397,9 +425,8 @@ pub async fn update_contact(
         now,
     )
     .await?;
-    let updated = get_contact(&txn, tenant, id).await?;
-    contact_event(&txn, tenant, "contact.updated", &updated, now).await?;
-    txn.commit().await?;
+    let updated = get_contact(txn, tenant, id).await?;
+    contact_event(txn, tenant, "contact.updated", &updated, now).await?;
     Ok(updated)
 }
 
@@ -476,4 +503,102 @@ pub async fn delete_contact(
     .await?;
     txn.commit().await?;
     Ok(())
+}
+
+/// One item of a bulk upsert: the contact's fields as a merge patch, and optionally its id.
+#[derive(Debug, Default)]
+pub struct BatchItem {
+    pub id: Option<ContactId>,
+    pub fields: ContactChanges,
+}
+
+/// What became of one item.
+#[derive(Debug)]
+pub enum ItemOutcome {
+    Created(Contact),
+    Updated(Contact),
+    Failed(DomainError),
+}
+
+/// Upserts many contacts in **one transaction**, each item under its own savepoint: an item
+/// that fails (invalid, unknown company, suppressed address, taken e-mail, unknown id) is
+/// rolled back alone and reported; the others are committed together. An item with `id`
+/// updates that contact; one whose e-mail matches an existing contact updates it; any other
+/// creates a contact. Suppressed addresses are refused per item (no override in bulk).
+pub async fn upsert_batch(
+    db: &DatabaseConnection,
+    tenant: &Tenant,
+    items: Vec<BatchItem>,
+    secret: &SuppressionSecret,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<Vec<ItemOutcome>> {
+    use sea_orm::TransactionTrait;
+    let gate = SuppressionGate {
+        secret,
+        override_reason: None,
+    };
+    let txn = db::begin_write(db).await?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let sp = txn.begin().await?;
+        let result = upsert_one(&sp, tenant, item, &gate, actor, now).await;
+        match result {
+            Ok(outcome) => {
+                sp.commit().await?;
+                out.push(outcome);
+            }
+            Err(
+                e @ (DomainError::Invalid(_)
+                | DomainError::Conflict { .. }
+                | DomainError::NotFound(_)
+                | DomainError::PreconditionFailed),
+            ) => {
+                sp.rollback().await?;
+                out.push(ItemOutcome::Failed(e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    txn.commit().await?;
+    Ok(out)
+}
+
+async fn upsert_one(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    item: BatchItem,
+    gate: &SuppressionGate<'_>,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<ItemOutcome> {
+    let existing = match (item.id, &item.fields.email) {
+        (Some(id), _) => Some(id),
+        (None, Patch::Value(email)) => contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
+            .filter(contact::Column::Email.eq(email.as_str()))
+            .one(db)
+            .await?
+            .map(|c| ContactId::from_uuid(c.id)),
+        _ => None,
+    };
+    match existing {
+        Some(id) => update_in(db, tenant, id, item.fields, None, gate, actor, now)
+            .await
+            .map(ItemOutcome::Updated),
+        None => {
+            let f = item.fields;
+            let input = NewContact {
+                company_id: f.company_id.apply_to(None),
+                first_name: f.first_name.apply_to(None),
+                last_name: f.last_name.apply_to(None),
+                email: f.email.apply_to(None),
+                phone: f.phone.apply_to(None),
+                job_title: f.job_title.apply_to(None),
+            };
+            create_in(db, tenant, input, gate, actor, now)
+                .await
+                .map(ItemOutcome::Created)
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod breaches;
+mod bulk;
 mod clients;
 mod crm;
 mod errors;

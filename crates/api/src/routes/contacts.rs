@@ -379,3 +379,196 @@ pub async fn delete_contact(
     .await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// At most this many contacts per bulk call.
+pub const BATCH_MAX: usize = 1000;
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct BatchContactIn {
+    /// Update this contact; without it an item whose e-mail matches an existing contact
+    /// updates that one, and any other item creates a contact.
+    id: Option<Uuid>,
+    company_id: Option<Uuid>,
+    #[schema(min_length = 1, max_length = 100)]
+    first_name: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    last_name: Option<String>,
+    #[schema(format = Email, max_length = 254)]
+    email: Option<String>,
+    #[schema(min_length = 3, max_length = 32)]
+    phone: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    job_title: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct BatchIn {
+    #[schema(min_items = 1, max_items = 1000)]
+    items: Vec<BatchContactIn>,
+}
+
+/// What became of one item.
+#[derive(Serialize, ToSchema)]
+pub struct BatchItemOut {
+    /// Position in `items`.
+    pub index: usize,
+    /// `created`, `updated` or `failed`.
+    #[schema(example = "created")]
+    pub status: &'static str,
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i32>,
+    /// Why it failed: `validation_failed`, `email_suppressed`, `email_taken`,
+    /// `contact_not_found`, `contact_redacted`, …
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Field errors, with pointers into the request (`/items/3/email`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<crate::problem::ProblemField>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchOut {
+    pub created: usize,
+    pub updated: usize,
+    pub failed: usize,
+    pub results: Vec<BatchItemOut>,
+}
+
+fn failed(index: usize, code: &str, errors: Vec<crm_domain::FieldError>) -> BatchItemOut {
+    BatchItemOut {
+        index,
+        status: "failed",
+        id: None,
+        version: None,
+        code: Some(code.to_owned()),
+        errors: errors
+            .into_iter()
+            .map(crate::problem::ProblemField::from)
+            .collect(),
+    }
+}
+
+/// Create or update up to 1,000 contacts in one call.
+///
+/// The valid items are written in **one transaction**; each item runs under its own
+/// savepoint, so an item that fails (invalid, suppressed address, e-mail taken, unknown id or
+/// company) is reported and skipped while the others are kept. Suppressed addresses are
+/// refused per item (`email_suppressed`; no override in bulk). The answer lists every item's
+/// outcome in order.
+#[utoipa::path(
+    tag = "contacts",
+    request_body(content = BatchIn, content_type = "application/json"),
+    responses((status = 200, description = "Per-item results", body = BatchOut)),
+    security(("bearer" = []), ("oauth2" = ["contacts:write"]))
+)]
+#[post("/contacts/batch")]
+pub async fn batch_upsert(
+    caller: ContactsWrite,
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let mut top = Input::body(&body, &["items"])?;
+    let items = top.array("items", true, 1, BATCH_MAX).cloned();
+    top.finish()?;
+    let items = items.unwrap_or_default();
+    let mut results: Vec<Option<BatchItemOut>> = Vec::with_capacity(items.len());
+    let mut valid = Vec::new();
+    let mut positions = Vec::new();
+    for (index, value) in items.iter().enumerate() {
+        let mut errors = Vec::new();
+        let base = format!("/items/{index}");
+        let mut allowed: Vec<&str> = FIELDS
+            .iter()
+            .copied()
+            .filter(|f| *f != "suppression_override_reason")
+            .collect();
+        allowed.push("id");
+        let Some(mut i) = Input::nested(value, &base, &allowed, &mut errors) else {
+            results.push(Some(failed(index, "validation_failed", errors)));
+            continue;
+        };
+        let id = i.string("id", false, input::uuid).map(ContactId::from_uuid);
+        let fields = ContactChanges {
+            company_id: i
+                .patch_string("company_id", true, input::uuid)
+                .map(CompanyId::from_uuid),
+            first_name: i.patch_string("first_name", true, text(1, 100)),
+            last_name: i.patch_string("last_name", true, text(1, 100)),
+            email: i.patch_string("email", true, EmailAddress::parse),
+            phone: i.patch_string("phone", true, phone),
+            job_title: i.patch_string("job_title", true, text(1, 100)),
+        };
+        errors.extend(i.take_errors());
+        if errors.is_empty() {
+            results.push(None);
+            positions.push(index);
+            valid.push(contacts::BatchItem { id, fields });
+        } else {
+            results.push(Some(failed(index, "validation_failed", errors)));
+        }
+    }
+    let outcomes = contacts::upsert_batch(
+        &state.db,
+        &caller.0.tenant,
+        valid,
+        &state.suppression,
+        &caller.1,
+        state.clock.now(),
+    )
+    .await?;
+    for (index, outcome) in positions.into_iter().zip(outcomes) {
+        let item = match outcome {
+            contacts::ItemOutcome::Created(c) => BatchItemOut {
+                index,
+                status: "created",
+                id: Some(c.id.as_uuid()),
+                version: Some(c.version),
+                code: None,
+                errors: Vec::new(),
+            },
+            contacts::ItemOutcome::Updated(c) => BatchItemOut {
+                index,
+                status: "updated",
+                id: Some(c.id.as_uuid()),
+                version: Some(c.version),
+                code: None,
+                errors: Vec::new(),
+            },
+            contacts::ItemOutcome::Failed(e) => {
+                let api = ApiError::from(e);
+                match api {
+                    ApiError::Invalid(errors) => {
+                        let errors = errors
+                            .into_iter()
+                            .map(|mut fe| {
+                                fe.pointer = fe.pointer.map(|p| format!("/items/{index}{p}"));
+                                fe
+                            })
+                            .collect();
+                        failed(index, "validation_failed", errors)
+                    }
+                    ApiError::Status { code, .. } => failed(index, &code, Vec::new()),
+                    other => failed(index, &other.to_string(), Vec::new()),
+                }
+            }
+        };
+        if let Some(slot) = results.get_mut(index) {
+            *slot = Some(item);
+        }
+    }
+    let results: Vec<BatchItemOut> = results.into_iter().flatten().collect();
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    Ok(HttpResponse::Ok().json(BatchOut {
+        created: count("created"),
+        updated: count("updated"),
+        failed: count("failed"),
+        results,
+    }))
+}

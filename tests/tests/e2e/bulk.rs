@@ -1,0 +1,182 @@
+//! Bulk upsert of contacts: per-item results, one transaction with a savepoint per item.
+
+use crm_e2e::{assert_problem, both};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+both!(bulk_upsert_reports_every_item, |app| {
+    let admin = app.new_tenant().await;
+    let admin = app.stepped_up(&admin).await;
+    let other = app.new_tenant().await;
+    // A suppressed address (an erased person's) and an existing contact.
+    let gone = app
+        .create(
+            "/v1/contacts",
+            &admin.access,
+            json!({"email": "gone@example.com"}),
+        )
+        .await;
+    let resp = app
+        .post(
+            &format!("/v1/contacts/{}/erase", gone["id"].as_str().unwrap()),
+            &admin.access,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let existing = app
+        .create(
+            "/v1/contacts",
+            &admin.access,
+            json!({"first_name": "Old", "email": "kept@example.com"}),
+        )
+        .await;
+    let foreign = app
+        .create(
+            "/v1/contacts",
+            &other.access,
+            json!({"first_name": "Theirs"}),
+        )
+        .await;
+
+    let body = json!({"items": [
+        {"first_name": "New", "email": "new@example.com"},
+        {"email": "not-an-address"},
+        {"email": "gone@example.com"},
+        {"email": "kept@example.com", "job_title": "Buyer"},
+        {"id": existing["id"], "last_name": "Updated"},
+        {"id": foreign["id"], "first_name": "Hijack"},
+        {"first_name": "Company", "company_id": "00000000-0000-7000-8000-000000000000"},
+        "not an object",
+        {},
+        {"first_name": "Twin", "email": "new@example.com"},
+        // The database refuses this one (unique e-mail): only its savepoint rolls back.
+        {"id": existing["id"], "email": "new@example.com"},
+        {"first_name": "After"},
+    ]});
+    let resp = app.post("/v1/contacts/batch", &admin.access, &body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let out: Value = resp.json().await.unwrap();
+    let r = out["results"].as_array().unwrap();
+    assert_eq!(r.len(), 12);
+    let status: Vec<&str> = r.iter().map(|i| i["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        status,
+        [
+            "created", "failed", "failed", "updated", "updated", "failed", "failed", "failed",
+            "failed", "updated", "failed", "created"
+        ]
+    );
+    assert_eq!(r[1]["errors"][0]["pointer"], "/items/1/email");
+    assert_eq!(r[2]["code"], "email_suppressed");
+    assert_eq!(r[3]["id"], existing["id"]);
+    assert_eq!(
+        r[5]["code"], "contact_not_found",
+        "another tenant's contact is not found"
+    );
+    assert_eq!(r[6]["errors"][0]["pointer"], "/items/6/company_id");
+    assert_eq!(r[7]["errors"][0]["pointer"], "/items/7");
+    assert_eq!(r[8]["errors"][0]["code"], "empty_contact");
+    assert_eq!(
+        r[9]["id"], r[0]["id"],
+        "the second item with the address updates the first"
+    );
+    assert_eq!(
+        (
+            out["created"].as_u64(),
+            out["updated"].as_u64(),
+            out["failed"].as_u64()
+        ),
+        (Some(2), Some(3), Some(7))
+    );
+    assert_eq!(r[10]["code"], "email_taken");
+
+    // What was written is there; what failed left nothing behind.
+    let kept: Value = app
+        .get(
+            &format!("/v1/contacts/{}", existing["id"].as_str().unwrap()),
+            &admin.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (kept["job_title"].as_str(), kept["last_name"].as_str()),
+        (Some("Buyer"), Some("Updated"))
+    );
+    let theirs: Value = app
+        .get(
+            &format!("/v1/contacts/{}", foreign["id"].as_str().unwrap()),
+            &other.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["first_name"], "Theirs");
+    let list: Value = app
+        .get("/v1/contacts", &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+    let twin: Value = app
+        .get(
+            &format!("/v1/contacts/{}", r[0]["id"].as_str().unwrap()),
+            &admin.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(twin["first_name"], "Twin");
+
+    // Limits and shape.
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| json!({"first_name": format!("P{i}")}))
+        .collect();
+    assert_problem(
+        app.post(
+            "/v1/contacts/batch",
+            &admin.access,
+            &json!({"items": too_many}),
+        )
+        .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_problem(
+        app.post("/v1/contacts/batch", &admin.access, &json!({"items": []}))
+            .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    let viewer = app.new_user(&admin, "viewer").await;
+    assert_problem(
+        app.post(
+            "/v1/contacts/batch",
+            &viewer.access,
+            &json!({"items": [{"first_name": "X"}]}),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+
+    // A full batch of 1,000 goes through in one call.
+    let many: Vec<Value> = (0..1000)
+        .map(|i| json!({"first_name": format!("Bulk{i}"), "email": format!("bulk{i}@example.com")}))
+        .collect();
+    let out: Value = app
+        .post("/v1/contacts/batch", &admin.access, &json!({"items": many}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out["created"], 1000);
+});
