@@ -13,6 +13,7 @@ mod m20261130_000004_sub_processors;
 mod m20261201_000005_identity;
 mod m20261201_000006_events;
 mod m20261201_000007_breaches;
+mod m20261201_000008_imports;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_identity::Migration),
             Box::new(m20261201_000006_events::Migration),
             Box::new(m20261201_000007_breaches::Migration),
+            Box::new(m20261201_000008_imports::Migration),
         ]
     }
 }

@@ -95,6 +95,8 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(companies::update_company)
             .service(companies::delete_company)
             .service(contacts::batch_upsert)
+            .service(contacts::create_import)
+            .service(contacts::get_import)
             .service(contacts::create_contact)
             .service(contacts::list_contacts)
             .service(contacts::get_contact)
@@ -555,6 +557,7 @@ impl Application {
             let worker = crate::worker::Worker {
                 db: state.db.clone(),
                 secret_box: state.secret_box.clone(),
+                suppression: state.suppression.clone(),
                 settings: state.settings.clone(),
                 clock: state.clock.clone(),
             };

@@ -20,6 +20,8 @@ use crate::outbound;
 pub struct Worker {
     pub db: Db,
     pub secret_box: Arc<SecretBox>,
+    /// Keys the suppression list (imports refuse suppressed addresses).
+    pub suppression: crm_domain::suppression::SuppressionSecret,
     pub settings: Settings,
     pub clock: Arc<dyn Clock>,
 }
@@ -27,6 +29,8 @@ pub struct Worker {
 /// How long a claim lasts: longer than one delivery can take.
 const LEASE: i64 = 60;
 const BATCH: u64 = 20;
+/// Rows of an import applied per transaction.
+const CHUNK: usize = 1000;
 
 impl Worker {
     /// Claims and delivers what is due (webhooks, then e-mails); returns how many attempts
@@ -40,7 +44,64 @@ impl Worker {
             events::record_attempt(&self.db, c.id, outcome, self.clock.now()).await?;
         }
         n += self.send_emails().await?;
+        n += self.run_import().await?;
         Ok(n)
+    }
+
+    /// Applies one claimed import, chunk by chunk; returns the rows applied.
+    async fn run_import(&self) -> anyhow::Result<usize> {
+        use crm_domain::imports;
+        let lease = Duration::seconds(LEASE);
+        let Some(mut job) = imports::claim_job(&self.db, self.clock.now(), lease).await? else {
+            return Ok(0);
+        };
+        let rows = crate::routes::contacts::import_rows(&job.format, &job.payload)
+            .map_err(|e| anyhow::anyhow!("import {}: {e}", job.id))?;
+        let total = rows.len() as i64;
+        let mut applied = 0;
+        loop {
+            let start = job.processed.clamp(0, total) as usize;
+            let end = (start + CHUNK).min(rows.len());
+            let (mut items, mut invalid) = (Vec::new(), Vec::new());
+            for (offset, row) in rows[start..end].iter().enumerate() {
+                let number = (start + offset + 1) as i64;
+                match crate::routes::contacts::parse_item(row, "") {
+                    Ok(item) => items.push((number, item)),
+                    Err(errors) => invalid.push((
+                        number,
+                        errors
+                            .first()
+                            .map(|e| e.code.clone())
+                            .unwrap_or_else(|| "validation_failed".into()),
+                    )),
+                }
+            }
+            let finished = end == rows.len();
+            let secret = &self.suppression;
+            match imports::apply_chunk(
+                &self.db,
+                &job,
+                secret,
+                items,
+                invalid,
+                end as i64,
+                finished,
+                lease,
+                self.clock.now(),
+            )
+            .await
+            {
+                Ok(()) => {}
+                // Another worker took the job over after our lease ran out.
+                Err(crm_domain::DomainError::PreconditionFailed) => return Ok(applied),
+                Err(e) => return Err(e.into()),
+            }
+            applied += end - start;
+            job.processed = end as i64;
+            if finished {
+                return Ok(applied);
+            }
+        }
     }
 
     async fn send_emails(&self) -> anyhow::Result<usize> {

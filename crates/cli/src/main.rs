@@ -280,12 +280,15 @@ fn worker() -> anyhow::Result<()> {
         &settings.key_dir,
         settings.may_generate_keys(),
     )?);
+    let suppression =
+        crm_api::keys::load_suppression_secret(&settings.key_dir, settings.may_generate_keys())?;
     runtime()?.block_on(async move {
         let db = open_database(&settings).await?;
         log::info!("delivery worker started");
         let worker = crm_api::worker::Worker {
             db,
             secret_box,
+            suppression,
             settings,
             clock: Arc::new(SystemClock),
         };

@@ -533,16 +533,31 @@ pub async fn upsert_batch(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Vec<ItemOutcome>> {
-    use sea_orm::TransactionTrait;
     let gate = SuppressionGate {
         secret,
         override_reason: None,
     };
     let txn = db::begin_write(db).await?;
+    let out = upsert_batch_in(&txn, tenant, items, &gate, actor, now).await?;
+    txn.commit().await?;
+    Ok(out)
+}
+
+/// [`upsert_batch`] inside a transaction the caller commits (imports record their progress
+/// in the same transaction).
+pub(crate) async fn upsert_batch_in(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &Tenant,
+    items: Vec<BatchItem>,
+    gate: &SuppressionGate<'_>,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<Vec<ItemOutcome>> {
+    use sea_orm::TransactionTrait;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let sp = txn.begin().await?;
-        let result = upsert_one(&sp, tenant, item, &gate, actor, now).await;
+        let result = upsert_one(&sp, tenant, item, gate, actor, now).await;
         match result {
             Ok(outcome) => {
                 sp.commit().await?;
@@ -560,7 +575,6 @@ pub async fn upsert_batch(
             Err(e) => return Err(e),
         }
     }
-    txn.commit().await?;
     Ok(out)
 }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod gdpr;
 pub mod ids;
+pub mod imports;
 pub mod mfa;
 pub mod orders;
 pub mod pagination;

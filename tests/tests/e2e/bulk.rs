@@ -180,3 +180,142 @@ both!(bulk_upsert_reports_every_item, |app| {
         .unwrap();
     assert_eq!(out["created"], 1000);
 });
+
+async fn upload(
+    app: &crm_e2e::TestApp,
+    token: &str,
+    content_type: &str,
+    body: String,
+) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/contacts/imports"))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn wait_done(app: &crm_e2e::TestApp, token: &str, location: &str) -> Value {
+    for _ in 0..600 {
+        let job: Value = app.get(location, token).await.json().await.unwrap();
+        if job["status"] == "done" {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the import did not finish");
+}
+
+both!(imports_apply_files_in_the_background_with_progress, |app| {
+    let admin = app.new_tenant().await;
+    let other = app.new_tenant().await;
+    // A CSV of 2,500 rows (three chunks) with a bad row, a suppressed address and a quoted
+    // field with a comma.
+    let mut csv = String::from("first_name,last_name,email,job_title\n");
+    for i in 0..2500 {
+        match i {
+            7 => csv.push_str("Bad,Row,not-an-address,\n"),
+            1500 => csv.push_str("Sup,Pressed,suppressed@example.com,\n"),
+            _ => csv.push_str(&format!("P{i},\"Smith, Jr\",p{i}@import.example,Buyer\n")),
+        }
+    }
+    // Suppress an address first.
+    let admin = app.stepped_up(&admin).await;
+    let s = app
+        .create(
+            "/v1/contacts",
+            &admin.access,
+            json!({"email": "suppressed@example.com"}),
+        )
+        .await;
+    app.post(
+        &format!("/v1/contacts/{}/erase", s["id"].as_str().unwrap()),
+        &admin.access,
+        &json!({}),
+    )
+    .await;
+
+    let resp = upload(&app, &admin.access, "text/csv", csv).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(job["total"], 2500);
+    assert_problem(
+        app.get(&location, &other.access).await,
+        404,
+        "import_not_found",
+    )
+    .await;
+    let done = wait_done(&app, &admin.access, &location).await;
+    assert_eq!(done["processed"], 2500);
+    assert_eq!(done["created"], 2498);
+    assert_eq!(done["failed"], 2);
+    assert_eq!(
+        done["errors"],
+        json!([{"row": 8, "code": "invalid_email"}, {"row": 1501, "code": "email_suppressed"}])
+    );
+    let one: Value = app
+        .get("/v1/contacts?email=p42@import.example", &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["data"][0]["last_name"], "Smith, Jr");
+    // The file is gone once applied.
+    for (table, row) in crm_e2e::dump_all_rows(&app).await {
+        if table == "import_jobs" {
+            assert!(!row.contains("p42@import.example"), "the upload is kept");
+        }
+    }
+
+    // NDJSON, re-importing updates by e-mail; a line that is not JSON is a failed row.
+    let ndjson = "{\"email\":\"p1@import.example\",\"job_title\":\"Owner\"}\nnot json\n\n{\"first_name\":\"Solo\"}\n";
+    let resp = upload(&app, &admin.access, "application/x-ndjson", ndjson.into()).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let done = wait_done(&app, &admin.access, &location).await;
+    assert_eq!(
+        (
+            done["total"].as_i64(),
+            done["updated"].as_i64(),
+            done["created"].as_i64(),
+            done["failed"].as_i64()
+        ),
+        (Some(3), Some(1), Some(1), Some(1))
+    );
+
+    // Refused uploads.
+    assert_problem(
+        upload(&app, &admin.access, "application/json", "{}".into()).await,
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_problem(
+        upload(
+            &app,
+            &admin.access,
+            "text/csv",
+            "name,email\nA,a@example.com\n".into(),
+        )
+        .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    let viewer = app.new_user(&admin, "viewer").await;
+    assert_problem(
+        upload(
+            &app,
+            &viewer.access,
+            "text/csv",
+            "email\nx@example.com\n".into(),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+});

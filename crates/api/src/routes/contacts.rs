@@ -455,6 +455,99 @@ fn failed(index: usize, code: &str, errors: Vec<crm_domain::FieldError>) -> Batc
     }
 }
 
+/// Reads one contact of a bulk call or an import (pointers start at `base`).
+pub fn parse_item(
+    value: &Value,
+    base: &str,
+) -> Result<contacts::BatchItem, Vec<crm_domain::FieldError>> {
+    let mut errors = Vec::new();
+    let mut allowed: Vec<&str> = FIELDS
+        .iter()
+        .copied()
+        .filter(|f| *f != "suppression_override_reason")
+        .collect();
+    allowed.push("id");
+    let Some(mut i) = Input::nested(value, base, &allowed, &mut errors) else {
+        return Err(errors);
+    };
+    let id = i.string("id", false, input::uuid).map(ContactId::from_uuid);
+    let fields = ContactChanges {
+        company_id: i
+            .patch_string("company_id", true, input::uuid)
+            .map(CompanyId::from_uuid),
+        first_name: i.patch_string("first_name", true, text(1, 100)),
+        last_name: i.patch_string("last_name", true, text(1, 100)),
+        email: i.patch_string("email", true, EmailAddress::parse),
+        phone: i.patch_string("phone", true, phone),
+        job_title: i.patch_string("job_title", true, text(1, 100)),
+    };
+    errors.extend(i.take_errors());
+    if errors.is_empty() {
+        Ok(contacts::BatchItem { id, fields })
+    } else {
+        Err(errors)
+    }
+}
+
+/// The columns an import may have (CSV header or NDJSON keys).
+pub const IMPORT_COLUMNS: &[&str] = &[
+    "id",
+    "company_id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "job_title",
+];
+
+/// Splits an uploaded file into rows (JSON objects). NDJSON: one object per non-empty line
+/// (a line that is not JSON becomes `null`, reported as an invalid row). CSV: a header row
+/// naming columns, then one record per row; empty cells are absent.
+pub fn import_rows(format: &str, payload: &str) -> Result<Vec<Value>, String> {
+    match format {
+        "ndjson" => Ok(payload
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+            .collect()),
+        _ => {
+            let mut reader = csv::ReaderBuilder::new()
+                .flexible(false)
+                .from_reader(payload.as_bytes());
+            let headers: Vec<String> = reader
+                .headers()
+                .map_err(|e| format!("the CSV header cannot be read: {e}"))?
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .collect();
+            if let Some(bad) = headers
+                .iter()
+                .find(|h| !IMPORT_COLUMNS.contains(&h.as_str()))
+            {
+                return Err(format!(
+                    "unknown column {bad:?}; columns are {}",
+                    IMPORT_COLUMNS.join(", ")
+                ));
+            }
+            let mut rows = Vec::new();
+            for record in reader.records() {
+                let Ok(record) = record else {
+                    rows.push(Value::Null);
+                    continue;
+                };
+                let obj: serde_json::Map<String, Value> = headers
+                    .iter()
+                    .zip(record.iter())
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(h, v)| (h.clone(), Value::String(v.to_owned())))
+                    .collect();
+                rows.push(Value::Object(obj));
+            }
+            Ok(rows)
+        }
+    }
+}
+
 /// Create or update up to 1,000 contacts in one call.
 ///
 /// The valid items are written in **one transaction**; each item runs under its own
@@ -482,36 +575,13 @@ pub async fn batch_upsert(
     let mut valid = Vec::new();
     let mut positions = Vec::new();
     for (index, value) in items.iter().enumerate() {
-        let mut errors = Vec::new();
-        let base = format!("/items/{index}");
-        let mut allowed: Vec<&str> = FIELDS
-            .iter()
-            .copied()
-            .filter(|f| *f != "suppression_override_reason")
-            .collect();
-        allowed.push("id");
-        let Some(mut i) = Input::nested(value, &base, &allowed, &mut errors) else {
-            results.push(Some(failed(index, "validation_failed", errors)));
-            continue;
-        };
-        let id = i.string("id", false, input::uuid).map(ContactId::from_uuid);
-        let fields = ContactChanges {
-            company_id: i
-                .patch_string("company_id", true, input::uuid)
-                .map(CompanyId::from_uuid),
-            first_name: i.patch_string("first_name", true, text(1, 100)),
-            last_name: i.patch_string("last_name", true, text(1, 100)),
-            email: i.patch_string("email", true, EmailAddress::parse),
-            phone: i.patch_string("phone", true, phone),
-            job_title: i.patch_string("job_title", true, text(1, 100)),
-        };
-        errors.extend(i.take_errors());
-        if errors.is_empty() {
-            results.push(None);
-            positions.push(index);
-            valid.push(contacts::BatchItem { id, fields });
-        } else {
-            results.push(Some(failed(index, "validation_failed", errors)));
+        match parse_item(value, &format!("/items/{index}")) {
+            Ok(item) => {
+                results.push(None);
+                positions.push(index);
+                valid.push(item);
+            }
+            Err(errors) => results.push(Some(failed(index, "validation_failed", errors))),
         }
     }
     let outcomes = contacts::upsert_batch(
@@ -571,4 +641,151 @@ pub async fn batch_upsert(
         failed: count("failed"),
         results,
     }))
+}
+
+/// Largest accepted import file.
+pub const IMPORT_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// An import and its progress.
+#[derive(Serialize, ToSchema)]
+pub struct ImportOut {
+    pub id: Uuid,
+    /// `ndjson` or `csv`.
+    pub format: String,
+    /// `queued`, `running` or `done`.
+    pub status: String,
+    /// Rows in the file.
+    pub total: i64,
+    /// Rows applied so far.
+    pub processed: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub failed: i64,
+    /// The first 1,000 failed rows: `{"row": n (1-based data row), "code": "..."}`.
+    #[schema(value_type = Vec<Object>)]
+    pub errors: Value,
+    pub created_at: DateTime<Utc>,
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<crm_domain::imports::Job> for ImportOut {
+    fn from(j: crm_domain::imports::Job) -> Self {
+        ImportOut {
+            id: j.id,
+            format: j.format,
+            status: j.status,
+            total: j.total,
+            processed: j.processed,
+            created: j.created,
+            updated: j.updated,
+            failed: j.failed,
+            errors: j.errors,
+            created_at: j.created_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+/// Import contacts from a file: `application/x-ndjson` (one JSON object per line) or
+/// `text/csv` (a header row with columns `id, company_id, first_name, last_name, email,
+/// phone, job_title`). Up to 32 MiB. The answer is a job (`202`, `Location`); the rows are
+/// applied in the background in chunks of 1,000 with the rules of `POST /v1/contacts/batch`
+/// (one transaction per chunk, together with the job's progress). Poll
+/// `GET /v1/contacts/imports/{id}`.
+#[utoipa::path(
+    tag = "contacts",
+    request_body(content = String, content_type = "text/csv", description = "The file (or `application/x-ndjson`)"),
+    responses(
+        (status = 202, description = "Queued", body = ImportOut,
+         headers(("Location" = String, description = "The job"))),
+        (status = 413, description = "`payload_too_large`", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("oauth2" = ["contacts:write"]))
+)]
+#[post("/contacts/imports")]
+pub async fn create_import(
+    caller: ContactsWrite,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use futures_util::StreamExt;
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let format = match content_type.as_str() {
+        "application/x-ndjson" | "application/ndjson" => "ndjson",
+        "text/csv" => "csv",
+        _ => {
+            return Err(ApiError::status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the file as application/x-ndjson or text/csv",
+            ));
+        }
+    };
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::bad_request("invalid_body", "the upload failed"))?;
+        if body.len() + chunk.len() > IMPORT_MAX_BYTES {
+            return Err(ApiError::status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "an import file may be at most 32 MiB",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("invalid_encoding", "the file must be UTF-8"))?;
+    let rows = import_rows(format, &text).map_err(|detail| {
+        ApiError::invalid(vec![crm_domain::FieldError::at("", "invalid_file", detail)])
+    })?;
+    let job = crm_domain::imports::create_job(
+        &state.db,
+        &caller.0.tenant,
+        &caller.1,
+        format,
+        rows.len() as i64,
+        text,
+        state.clock.now(),
+    )
+    .await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((
+            actix_web::http::header::LOCATION,
+            format!("/v1/contacts/imports/{}", job.id),
+        ))
+        .json(ImportOut::from(job)))
+}
+
+/// An import's progress and failed rows.
+#[utoipa::path(
+    tag = "contacts",
+    params(("id" = Uuid, Path, description = "Import id")),
+    responses((status = 200, description = "The job", body = ImportOut)),
+    security(("bearer" = []), ("oauth2" = ["contacts:write"]))
+)]
+#[get("/contacts/imports/{id}")]
+pub async fn get_import(
+    caller: ContactsWrite,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("import", &path)?;
+    let job = crm_domain::imports::get_job(&state.db, &caller.0.tenant, id).await?;
+    Ok(HttpResponse::Ok().json(ImportOut::from(job)))
 }
