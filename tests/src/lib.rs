@@ -281,6 +281,22 @@ impl TestApp {
         tokio::spawn(app.run_until_stopped());
     }
 
+    /// Starts a second server process-equivalent (its own listener, HTTP workers, delivery
+    /// worker and jobs) on the same database, keys and clock; returns its base URL and a
+    /// handle to stop it.
+    pub async fn second_node(&self) -> (String, actix_web::dev::ServerHandle) {
+        let mut settings = self.settings.clone();
+        settings.listen_addr = "127.0.0.1:0".into();
+        let app =
+            Application::build_with_policy(settings, self.clock.clone(), ThrottlePolicy::default())
+                .await
+                .expect("second node builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        (base, handle)
+    }
+
     /// Stops the server and removes its database.
     pub async fn cleanup(self) {
         self.handle.stop(false).await;

@@ -342,3 +342,132 @@ both!(tenant_breach_deadline_lateness_and_data_subjects, |app| {
         );
     }
 });
+
+// Two server nodes on one database, each with its delivery worker: a platform breach
+// affecting two tenants reaches each controller exactly once by e-mail and webhook, and a
+// tenant written to through one node is mirrored through the other's change feed.
+both!(two_nodes_notify_once_and_mirror_through_the_feed, |app| {
+    let (node2, node2_handle) = app.second_node().await;
+    let a = app.new_tenant().await;
+    let b = app.new_tenant().await;
+    let bystander = app.new_tenant().await;
+    let mut receivers = Vec::new();
+    for s in [&a, &b, &bystander] {
+        let r = Receiver::start(204).await;
+        app.create(
+            "/v1/webhooks",
+            &s.access,
+            json!({"url": r.url, "event_types": ["breach.notified"]}),
+        )
+        .await;
+        receivers.push(r);
+    }
+    let platform = app.platform_admin().await;
+    let tid = |s: &crm_e2e::Session| {
+        use base64::Engine;
+        let payload = s.access.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["tid"].as_str().unwrap().to_owned()
+    };
+    let mut body = breach_body(&app, 2);
+    body["affected_tenants"] = json!([tid(&a), tid(&b)]);
+    let breach = app.create("/v1/breaches", &platform.access, body).await;
+    // Notified through the second node.
+    let resp = app
+        .client
+        .post(format!(
+            "{node2}/v1/breaches/{}/notify",
+            breach["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&platform.access)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    app.mail.wait_for(2).await;
+    receivers[0].wait_for(1).await;
+    receivers[1].wait_for(1).await;
+    // Both workers ran for a while: still exactly one of each.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(app.mail.received().len(), 2);
+    let counts: Vec<usize> = receivers.iter().map(|r| r.received().len()).collect();
+    assert_eq!(counts, [1, 1, 0]);
+
+    // Mirror tenant A through node 2 while writing through node 1.
+    let writer = {
+        let app = app.clone();
+        let token = a.access.clone();
+        tokio::spawn(async move {
+            for i in 0..20 {
+                let c = app
+                    .create(
+                        "/v1/contacts",
+                        &token,
+                        json!({"first_name": format!("M{i}")}),
+                    )
+                    .await;
+                if i % 4 == 0 {
+                    let path = format!("/v1/contacts/{}", c["id"].as_str().unwrap());
+                    app.delete(&path, &token).await;
+                }
+            }
+        })
+    };
+    let mut mirror = std::collections::BTreeSet::new();
+    let mut since = 0;
+    loop {
+        let finished = writer.is_finished();
+        let page: Value = app
+            .client
+            .get(format!("{node2}/v1/changes?since={since}"))
+            .bearer_auth(&a.access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in page["data"].as_array().unwrap() {
+            let id = e["object_id"].as_str().unwrap_or_default().to_owned();
+            match e["type"].as_str().unwrap() {
+                "contact.created" | "contact.updated" => {
+                    mirror.insert(id);
+                }
+                "contact.deleted" => {
+                    mirror.remove(&id);
+                }
+                _ => {}
+            }
+        }
+        since = page["next_since"].as_i64().unwrap();
+        if finished && page["data"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    writer.await.unwrap();
+    let list: Value = app
+        .get("/v1/contacts?limit=200", &a.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actual: std::collections::BTreeSet<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(mirror, actual);
+    assert_eq!(actual.len(), 15);
+    node2_handle.stop(false).await;
+    for r in receivers {
+        r.stop().await;
+    }
+});
