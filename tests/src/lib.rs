@@ -215,6 +215,25 @@ pub fn random_hex(len: usize) -> String {
 
 pub const PASSWORD: &str = "tangerine bicycle under the moon";
 
+/// The claims of a JWT (not verified: for reading what the service put in).
+pub fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("JSON claims")
+}
+
+impl Session {
+    /// The session's tenant id (`tid`).
+    pub fn tenant_id(&self) -> String {
+        claims_of(&self.access)["tid"].as_str().unwrap().to_owned()
+    }
+}
+
 impl TestApp {
     pub async fn spawn(backend: Backend) -> TestApp {
         Self::spawn_with(backend, ThrottlePolicy::default()).await

@@ -136,6 +136,40 @@ pub fn new_secret() -> String {
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A DNS resolver for back-channel clients (OpenID providers) that answers only with
+/// addresses [`vet`] allows, so a configured host cannot lead the service to an internal
+/// address, whatever the discovery document says.
+pub struct PublicOnly {
+    pub allow_loopback: bool,
+}
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let allow_loopback = self.allow_loopback;
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+            vet(&ips, allow_loopback).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> {
+                format!("{host}: {e}").into()
+            })?;
+            let out: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(out)
+        })
+    }
+}
+
+/// For URLs whose host is an IP literal (the resolver is not asked for those).
+pub fn vet_literal(url: &url::Url, allow_loopback: bool) -> Result<(), Refusal> {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => vet(&[IpAddr::V4(ip)], allow_loopback).map(|_| ()),
+        Some(url::Host::Ipv6(ip)) => vet(&[IpAddr::V6(ip)], allow_loopback).map(|_| ()),
+        Some(url::Host::Domain(_)) => Ok(()),
+        None => Err(Refusal::Url("must name a host")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -524,6 +524,9 @@ impl Application {
         let webauthn = crate::routes::webauthn::relying_party(&settings)?;
         let oidc_http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(crate::outbound::PublicOnly {
+                allow_loopback: settings.webhook_allow_loopback,
+            }))
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(10))
             .build()?;

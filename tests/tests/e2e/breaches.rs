@@ -41,17 +41,6 @@ both!(
             receivers.push(r);
         }
         let platform = app.platform_admin().await;
-        let tid = |s: &crm_e2e::Session| {
-            let payload = s.access.split('.').nth(1).unwrap();
-            use base64::Engine;
-            let claims: Value = serde_json::from_slice(
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(payload)
-                    .unwrap(),
-            )
-            .unwrap();
-            claims["tid"].as_str().unwrap().to_owned()
-        };
 
         // Bad input: missing content, a future awareness time, unknown tenants.
         let resp = app
@@ -64,7 +53,7 @@ both!(
         );
         let mut future = breach_body(&app, 0);
         future["aware_at"] = json!((app.clock.now() + Duration::hours(2)).to_rfc3339());
-        future["affected_tenants"] = json!([tid(&a)]);
+        future["affected_tenants"] = json!([a.tenant_id()]);
         crm_e2e::assert_invalid(
             app.post("/v1/breaches", &platform.access, &future).await,
             "/aware_at",
@@ -81,7 +70,7 @@ both!(
         .await;
 
         let mut body = breach_body(&app, 1);
-        body["affected_tenants"] = json!([tid(&a), tid(&b)]);
+        body["affected_tenants"] = json!([a.tenant_id(), b.tenant_id()]);
         let breach = app.create("/v1/breaches", &platform.access, body).await;
         let id = breach["id"].as_str().unwrap();
         assert_eq!(breach["scope"], "platform");
@@ -363,19 +352,8 @@ both!(two_nodes_notify_once_and_mirror_through_the_feed, |app| {
         receivers.push(r);
     }
     let platform = app.platform_admin().await;
-    let tid = |s: &crm_e2e::Session| {
-        use base64::Engine;
-        let payload = s.access.split('.').nth(1).unwrap();
-        let claims: Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .unwrap(),
-        )
-        .unwrap();
-        claims["tid"].as_str().unwrap().to_owned()
-    };
     let mut body = breach_body(&app, 2);
-    body["affected_tenants"] = json!([tid(&a), tid(&b)]);
+    body["affected_tenants"] = json!([a.tenant_id(), b.tenant_id()]);
     let breach = app.create("/v1/breaches", &platform.access, body).await;
     // Notified through the second node.
     let resp = app

@@ -1,7 +1,5 @@
 //! Single sign-on against a real OpenID provider (npm `oidc-provider` on 127.0.0.1).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crm_e2e::{
     Authenticator, OIDC_CLIENT_ID, OIDC_REDIRECT_URI, OidcProvider, TestApp, assert_problem, both,
     dump_all_rows, open_db, random_hex,
@@ -9,10 +7,7 @@ use crm_e2e::{
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
+use crm_e2e::claims_of;
 
 async fn put_connection(app: &TestApp, token: &str, body: &Value) -> (u16, Value) {
     let resp = app
@@ -401,6 +396,37 @@ both!(sso_refuses_a_provider_with_another_issuer, |app| {
         .await,
         502,
         "sso_provider_error",
+    )
+    .await;
+});
+
+both!(sso_never_calls_internal_addresses, |app| {
+    let admin = app.new_tenant().await;
+    // Refused when configured, before any connection is made: no packet goes to these.
+    for issuer in [
+        "http://10.255.255.1",
+        "http://169.254.169.254",
+        "http://[fd00:ec2::254]",
+    ] {
+        let (st, problem) = put_connection(
+            &app,
+            &admin.access,
+            &json!({
+                "issuer": issuer,
+                "client_id": OIDC_CLIENT_ID,
+                "client_secret": "irrelevant-secret",
+                "redirect_uri": OIDC_REDIRECT_URI,
+            }),
+        )
+        .await;
+        assert_eq!(st, 422, "{problem}");
+        assert_eq!(problem["errors"][0]["pointer"], "/issuer");
+        assert_eq!(problem["errors"][0]["code"], "url_not_allowed");
+    }
+    assert_problem(
+        app.get("/v1/sso/connection", &admin.access).await,
+        404,
+        "sso_connection_not_found",
     )
     .await;
 });

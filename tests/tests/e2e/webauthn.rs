@@ -9,10 +9,7 @@ use crm_e2e::{Authenticator, Session, TestApp, assert_problem, both};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
+use crm_e2e::claims_of;
 
 /// Starts a ceremony and returns (ceremony_id, options).
 async fn start(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> (Value, Value) {

@@ -197,6 +197,18 @@ pub async fn put_connection(
             "validated connection incomplete"
         )));
     };
+    // The service will call this host: it must be a public address (checked again at each
+    // sign-in, by the back-channel client's resolver).
+    if let Ok(parsed) = url::Url::parse(&issuer)
+        && let Err(e) =
+            crate::outbound::resolve_and_vet(&parsed, state.settings.webhook_allow_loopback).await
+    {
+        return Err(ApiError::invalid(vec![crm_domain::FieldError::at(
+            "/issuer",
+            "url_not_allowed",
+            e.to_string(),
+        )]));
+    }
     let sealed = client_secret
         .map(|s| state.secret_box.seal(&s))
         .transpose()
@@ -252,6 +264,15 @@ fn provider_error(context: &str, e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+fn refused(e: crate::outbound::Refusal) -> ApiError {
+    log::warn!("SSO provider address refused: {e}");
+    ApiError::status(
+        StatusCode::BAD_GATEWAY,
+        "sso_provider_refused",
+        "the identity provider's address is not a public one; ask your admin to check the connection",
+    )
+}
+
 fn sso_failed() -> ApiError {
     ApiError::Unauthenticated {
         code: "sso_failed",
@@ -276,9 +297,21 @@ async fn client_for(
 > {
     let issuer =
         IssuerUrl::new(conn.issuer.clone()).map_err(|e| provider_error("issuer URL", e))?;
+    // Host names are vetted by the client's resolver; IP literals here.
+    let allow_loopback = state.settings.webhook_allow_loopback;
+    crate::outbound::vet_literal(issuer.url(), allow_loopback).map_err(refused)?;
     let metadata = CoreProviderMetadata::discover_async(issuer, &state.oidc_http)
         .await
         .map_err(|e| provider_error("discovery", e))?;
+    for endpoint in [
+        metadata.token_endpoint().map(|u| u.url()),
+        Some(metadata.jwks_uri().url()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        crate::outbound::vet_literal(endpoint, allow_loopback).map_err(refused)?;
+    }
     let secret = state
         .secret_box
         .open(&conn.client_secret_enc)
@@ -316,7 +349,7 @@ pub struct SsoStartOut {
     responses(
         (status = 200, description = "Where to send the browser", body = SsoStartOut),
         (status = 404, description = "`sso_connection_not_found`", body = crate::problem::Problem, content_type = "application/problem+json"),
-        (status = 502, description = "`sso_provider_error`", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "`sso_provider_error` or `sso_provider_refused`", body = crate::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 #[get("/auth/sso/{tenant}/start")]
