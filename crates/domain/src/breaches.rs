@@ -91,7 +91,7 @@ fn is_platform(p: &Principal) -> bool {
 }
 
 /// Who may record and see breaches: platform admins, and tenant admins and dpos.
-fn may_handle(p: &Principal) -> DomainResult<()> {
+pub fn may_handle(p: &Principal) -> DomainResult<()> {
     let ok = match p.tenant_kind {
         TenantKind::Platform => p.role == Role::PlatformAdmin,
         TenantKind::Customer => matches!(p.role, Role::Admin | Role::Dpo),

@@ -12,6 +12,7 @@ mod events;
 mod gdpr;
 mod isolation;
 mod logs;
+mod matrix;
 mod privacy;
 mod quickstart;
 mod schema;

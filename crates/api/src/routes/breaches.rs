@@ -168,6 +168,8 @@ pub async fn create_breach(
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    // Authorisation before validation: a caller who may not record learns nothing more.
+    breaches::may_handle(&caller.0)?;
     let now = state.clock.now();
     let mut i = Input::body(
         &body,
@@ -279,6 +281,7 @@ pub async fn list_breaches(
     state: web::Data<AppState>,
     query: web::Query<BreachQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    breaches::may_handle(&caller.0)?;
     let mut errs = QueryErrors::default();
     let open = errs
         .parse("status", query.status.as_deref(), |raw| match raw {
@@ -315,6 +318,7 @@ pub async fn get_breach(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    breaches::may_handle(&caller.0)?;
     let id = path_id("breach", &path)?;
     let b = breaches::get(&state.db, &caller.0, id).await?;
     Ok(HttpResponse::Ok().json(out(b, state.clock.now())))
@@ -344,6 +348,7 @@ pub async fn add_update(
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    breaches::may_handle(&caller.0)?;
     let id = path_id("breach", &path)?;
     let mut i = Input::body(&body, &["note", "close"])?;
     let note = i.string("note", true, text(1, 4000));
@@ -404,6 +409,7 @@ pub async fn notify(
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    breaches::may_handle(&caller.0)?;
     let id = path_id("breach", &path)?;
     let mut i = Input::body(&body, &["late_reason"])?;
     let late_reason = i.string("late_reason", false, text(1, 2000));
@@ -457,6 +463,7 @@ pub async fn notifications(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    breaches::may_handle(&caller.0)?;
     let id = path_id("breach", &path)?;
     let data = breaches::messages(&state.db, &caller.0, id)
         .await?
