@@ -14,6 +14,7 @@ mod m20261201_000005_identity;
 mod m20261201_000006_events;
 mod m20261201_000007_breaches;
 mod m20261201_000008_imports;
+mod m20261201_000009_job_runs;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_events::Migration),
             Box::new(m20261201_000007_breaches::Migration),
             Box::new(m20261201_000008_imports::Migration),
+            Box::new(m20261201_000009_job_runs::Migration),
         ]
     }
 }

@@ -434,14 +434,27 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<crm_domain::db
     Ok(db)
 }
 
-/// Applies every tenant's retention policies periodically. Each run is bounded per tenant;
-/// with several nodes each runs it, which is safe: an erased contact is simply not found again.
+/// Applies every tenant's retention policies periodically, and prunes expired sign-in data.
+/// Every node ticks; the one that claims the run (`job_runs`) does the work, so with several
+/// nodes it runs once per interval.
 fn spawn_retention_job(state: web::Data<AppState>) -> tokio::task::JoinHandle<()> {
     let every = std::time::Duration::from_secs(state.settings.retention_interval_secs);
+    let period = chrono::Duration::seconds(state.settings.retention_interval_secs as i64);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             ticker.tick().await;
+            // A little less than the period, so the claiming node's own next tick is due.
+            let hold = period - chrono::Duration::seconds(1).min(period / 10);
+            match crm_domain::jobs::claim_run(&state.db, "retention", hold, state.clock.now()).await
+            {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    log::error!("claiming the retention run failed: {e}");
+                    continue;
+                }
+            }
             match crm_domain::retention::run_all(&state.db, &state.suppression, state.clock.now())
                 .await
             {

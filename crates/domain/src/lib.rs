@@ -20,6 +20,7 @@ pub mod events;
 pub mod gdpr;
 pub mod ids;
 pub mod imports;
+pub mod jobs;
 pub mod mfa;
 pub mod orders;
 pub mod pagination;

@@ -264,6 +264,12 @@ pub const REGISTRY: &[TableClass] = &[
         ],
     },
     TableClass {
+        name: "job_runs",
+        subject_link: None,
+        on_erasure: OnErasure::NotSubjectData,
+        columns: &[not("name"), not("next_run_at")],
+    },
+    TableClass {
         name: "events",
         subject_link: Some("subject_contact_id"),
         on_erasure: OnErasure::ScrubbedToIds,

@@ -13,6 +13,7 @@ mod gdpr;
 mod isolation;
 mod logs;
 mod matrix;
+mod nodes;
 mod privacy;
 mod quickstart;
 mod schema;

@@ -430,3 +430,92 @@ both!(sso_never_calls_internal_addresses, |app| {
     )
     .await;
 });
+
+// Two nodes on one database: every sign-in started on one finishes on the other (SSO,
+// WebAuthn ceremonies, refresh), because all their state lives in the database.
+both!(sign_ins_cross_nodes, |app| {
+    let (node2, node2_handle) = app.second_node().await;
+    let secret = format!("oidc-secret-{}", random_hex(24));
+    let idp = OidcProvider::start(
+        &secret,
+        json!({"alice": {"email": "alice@acme.test", "email_verified": true}}),
+        None,
+    )
+    .await;
+    let admin = app.new_tenant().await;
+    app.create(
+        "/v1/users",
+        &admin.access,
+        json!({"email": "alice@acme.test", "role": "member", "password": crm_e2e::PASSWORD}),
+    )
+    .await;
+    let (st, _) = put_connection(
+        &app,
+        &admin.access,
+        &json!({"issuer": idp.issuer, "client_id": OIDC_CLIENT_ID, "client_secret": secret,
+                "redirect_uri": OIDC_REDIRECT_URI, "allowed_domains": ["acme.test"]}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    // SSO: started on node 1, finished on node 2.
+    let redirect = authorize(&app, &idp, &admin.tenant, "alice").await;
+    let resp = app
+        .client
+        .post(format!("{node2}/v1/auth/sso/{}/callback", admin.tenant))
+        .json(&json!({"code": redirect["code"], "state": redirect["state"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let tokens: Value = resp.json().await.unwrap();
+    // Refresh on node 1; the spent token is refused on node 2.
+    let refreshed = app
+        .call(
+            "/v1/auth/refresh",
+            None,
+            &json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(refreshed.0, 200);
+    let replay = app
+        .client
+        .post(format!("{node2}/v1/auth/refresh"))
+        .json(&json!({"refresh_token": tokens["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    // A WebAuthn ceremony started on node 2 finishes on node 1.
+    let mut key = app.register_authenticator(&admin.access).await;
+    let start: Value = app
+        .client
+        .post(format!("{node2}/v1/auth/step-up/start"))
+        .bearer_auth(&admin.access)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let assertion = key.assert(&start["options"]);
+    let (st, done) = app
+        .call(
+            "/v1/auth/step-up/finish",
+            Some(&admin.access),
+            &json!({"ceremony_id": start["ceremony_id"], "credential": assertion}),
+        )
+        .await;
+    assert_eq!(st, 200, "{done}");
+    // Logout on node 2 ends the session on node 1 at once.
+    let out = app
+        .client
+        .post(format!("{node2}/v1/auth/logout"))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get("/v1/me", &admin.access).await, 401, "session_ended").await;
+    node2_handle.stop(false).await;
+});

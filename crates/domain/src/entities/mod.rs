@@ -17,6 +17,7 @@ pub mod event;
 pub mod gdpr_setting;
 pub mod import_job;
 pub mod integration_client;
+pub mod job_run;
 pub mod order;
 pub mod order_line;
 pub mod password_credential;
