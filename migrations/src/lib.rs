@@ -15,6 +15,7 @@ mod m20261201_000006_events;
 mod m20261201_000007_breaches;
 mod m20261201_000008_imports;
 mod m20261201_000009_job_runs;
+mod m20261201_000010_request_limits;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_breaches::Migration),
             Box::new(m20261201_000008_imports::Migration),
             Box::new(m20261201_000009_job_runs::Migration),
+            Box::new(m20261201_000010_request_limits::Migration),
         ]
     }
 }

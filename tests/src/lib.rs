@@ -240,6 +240,15 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, throttle: ThrottlePolicy) -> TestApp {
+        Self::spawn_custom(backend, throttle, |_| {}).await
+    }
+
+    /// A test app whose settings `tweak` changes after the test defaults are applied.
+    pub async fn spawn_custom(
+        backend: Backend,
+        throttle: ThrottlePolicy,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let db = TestDb::create(backend).await;
         let mut settings = Settings::development();
         settings.database_url = db.url.clone();
@@ -253,8 +262,14 @@ impl TestApp {
         settings.webhook_allow_loopback = true;
         settings.webhook_max_attempts = 3;
         settings.webhook_retry_base = chrono::Duration::seconds(1);
+        // The test clock stands still, so every request of a test falls in one rate-limit
+        // window: limits are off unless a test sets them.
+        settings.rate_limit_per_minute = 0;
+        settings.auth_rate_limit_per_minute = 0;
+        settings.rate_limit_sync_ms = 50;
         let mail = MailSink::start().await;
         settings.smtp_relay = Some(mail.relay.clone());
+        tweak(&mut settings);
         let clock = Arc::new(TestClock::default());
         let mut app = Application::build_with_policy(settings.clone(), clock.clone(), throttle)
             .await
@@ -585,7 +600,16 @@ where
     F: FnOnce(Arc<TestApp>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let app = Arc::new(TestApp::spawn(backend).await);
+    run_with(backend, |_| {}, test).await
+}
+
+/// [`run`] with settings changed by `tweak`.
+pub async fn run_with<F, Fut>(backend: Backend, tweak: impl FnOnce(&mut Settings), test: F)
+where
+    F: FnOnce(Arc<TestApp>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let app = Arc::new(TestApp::spawn_custom(backend, ThrottlePolicy::default(), tweak).await);
     let result = AssertUnwindSafe(test(app.clone())).catch_unwind().await;
     if let Ok(app) = Arc::try_unwrap(app) {
         app.cleanup().await;
@@ -598,6 +622,28 @@ where
 /// Declares a test that runs once on SQLite and once on PostgreSQL.
 #[macro_export]
 macro_rules! both {
+    ($name:ident, settings = $tweak:expr, |$app:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::run_with($crate::Backend::Sqlite, $tweak, |$app| async move { $body })
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::run_with(
+                    $crate::Backend::Postgres,
+                    $tweak,
+                    |$app| async move { $body },
+                )
+                .await;
+            }
+        }
+    };
     ($name:ident, |$app:ident| $body:block) => {
         mod $name {
             #[allow(unused_imports)]

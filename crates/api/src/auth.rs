@@ -133,6 +133,7 @@ fn invalid_token() -> ApiError {
 }
 
 /// Who a verified access token speaks for.
+#[derive(Clone, Debug)]
 pub enum TokenSubject {
     User(TenantId, UserId, SessionId),
     /// The client, and the scopes the token was granted.
@@ -206,6 +207,11 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(token.trim().to_owned())
 }
 
+/// The outcome of verifying the request's bearer token, kept in the request's extensions so
+/// it is verified once (`None`: no valid token).
+#[derive(Clone)]
+pub struct VerifiedToken(pub Option<TokenSubject>);
+
 /// A verified caller: a signed-in user or an integration client.
 pub enum Authenticated {
     User(Principal),
@@ -217,9 +223,17 @@ async fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
         .app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))?;
-    let token = bearer(req)?;
+    // The middleware may have verified the token already.
+    let known = req
+        .extensions()
+        .get::<VerifiedToken>()
+        .and_then(|v| v.0.clone());
+    let subject = match known {
+        Some(s) => s,
+        None => verify_access_token(&state, &bearer(req)?)?,
+    };
     let now = state.clock.now();
-    match verify_access_token(&state, &token)? {
+    match subject {
         TokenSubject::User(tid, uid, sid) => Ok(Authenticated::User(
             sessions::authenticate(&state.db, tid, uid, sid, now).await?,
         )),

@@ -59,6 +59,14 @@ pub struct Settings {
     pub smtp_relay: Option<String>,
     /// Sender address of notifications.
     pub mail_from: String,
+    /// Requests per minute for each caller (user or integration client) on the API, and for
+    /// each client address on calls without a valid token; 0 turns the limit off.
+    pub rate_limit_per_minute: u32,
+    /// Requests per minute for each client address on the sign-in routes (`/v1/auth/*`,
+    /// `/v1/oauth/token`); 0 turns the limit off.
+    pub auth_rate_limit_per_minute: u32,
+    /// How often a node adds its counts to the shared counters (milliseconds).
+    pub rate_limit_sync_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +105,9 @@ impl Settings {
             webhook_allow_loopback: false,
             smtp_relay: None,
             mail_from: "CRM <no-reply@localhost>".into(),
+            rate_limit_per_minute: 1200,
+            auth_rate_limit_per_minute: 60,
+            rate_limit_sync_ms: 1000,
         }
     }
 
@@ -221,6 +232,15 @@ impl Settings {
                 return Err(ConfigError("CRM_SMTP_RELAY must be host:port".into()));
             }
             s.smtp_relay = Some(v);
+        }
+        if let Some(n) = int("CRM_RATE_LIMIT_PER_MINUTE", 0, 1_000_000)? {
+            s.rate_limit_per_minute = n as u32;
+        }
+        if let Some(n) = int("CRM_AUTH_RATE_LIMIT_PER_MINUTE", 0, 1_000_000)? {
+            s.auth_rate_limit_per_minute = n as u32;
+        }
+        if let Some(n) = int("CRM_RATE_LIMIT_SYNC_MS", 10, 60_000)? {
+            s.rate_limit_sync_ms = n as u64;
         }
         if let Some(v) = get("CRM_MAIL_FROM") {
             s.mail_from = v;

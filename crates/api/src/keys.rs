@@ -226,6 +226,8 @@ pub fn load_suppression_secret(
 /// (AES-256-GCM with a random nonce; the key is `<key dir>/sso.secret`, outside the database).
 pub struct SecretBox {
     cipher: aes_gcm::Aes256Gcm,
+    /// A MAC key derived from the same secret, for fingerprints that must not be guessable.
+    mac_key: [u8; 32],
 }
 
 impl SecretBox {
@@ -234,7 +236,31 @@ impl SecretBox {
         let key = load_secret32(dir, SSO_FILE, generate)?;
         let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key)
             .map_err(|_| KeyError::Format(dir.join(SSO_FILE).display().to_string()))?;
-        Ok(SecretBox { cipher })
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"crm fingerprint key\0");
+        h.update(key);
+        Ok(SecretBox {
+            cipher,
+            mac_key: h.finalize().into(),
+        })
+    }
+
+    /// Hex HMAC-SHA256 over the parts (each length-prefixed, so boundaries count).
+    pub fn fingerprint(&self, parts: &[&[u8]]) -> String {
+        use hmac::{Hmac, Mac};
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&self.mac_key) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// base64(nonce || ciphertext).

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod input;
 pub mod keys;
+pub mod limits;
 pub mod openapi;
 pub mod outbound;
 pub mod problem;

@@ -129,8 +129,55 @@ fn complete(op: &mut Operation, method: &str) {
     }
     add(
         op,
+        "429",
+        "Rate limit reached (`rate_limited`); see `Retry-After` and `RateLimit`",
+    );
+    add(
+        op,
         "500",
         "Internal error; details are logged, never returned",
+    );
+}
+
+/// Documents `Idempotency-Key` on a POST that creates or acts for a signed-in caller.
+fn idempotent(op: &mut Operation) {
+    use utoipa::openapi::Required;
+    use utoipa::openapi::path::ParameterBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    if op.security.as_ref().is_none_or(|s| s.is_empty()) {
+        return;
+    }
+    let param = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Makes the request safe to retry: the first response for this key (scoped to the \
+tenant and caller, kept 24 hours) is returned again with `Idempotent-Replayed: true`. The same \
+key with a different request is a 422 (`idempotency_key_reused`); while the first request runs, \
+409 (`idempotency_key_in_use`).",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255))
+                .pattern(Some("^[!-~]+$")),
+        ))
+        .build();
+    op.parameters
+        .get_or_insert_with(Vec::new)
+        .push(RefOr::T(param));
+    add(op, "400", "Malformed JSON, or an invalid `Idempotency-Key`");
+    add(
+        op,
+        "409",
+        "A request with this `Idempotency-Key` is still being processed (`idempotency_key_in_use`)",
+    );
+    add(
+        op,
+        "422",
+        "Invalid values, or the `Idempotency-Key` was used with another request (`idempotency_key_reused`)",
     );
 }
 
@@ -204,7 +251,7 @@ pub fn finish(mut spec: Spec) -> Spec {
             .security_schemes
             .extend(base_components.security_schemes);
     }
-    for item in spec.paths.paths.values_mut() {
+    for (path, item) in spec.paths.paths.iter_mut() {
         for (method, op) in [
             ("get", item.get.as_mut()),
             ("post", item.post.as_mut()),
@@ -214,6 +261,9 @@ pub fn finish(mut spec: Spec) -> Spec {
         ] {
             if let Some(op) = op {
                 complete(op, method);
+                if method == "post" && !crate::limits::is_sign_in(path) {
+                    idempotent(op);
+                }
             }
         }
     }

@@ -563,11 +563,16 @@ impl Application {
             webauthn,
             secret_box,
             oidc_http,
+            rate_limiter: Default::default(),
         });
         // Background jobs live as long as the server.
         let mut background = Vec::new();
         if state.settings.retention_interval_secs > 0 {
             background.push(spawn_retention_job(state.clone()));
+        }
+        if state.settings.rate_limit_per_minute > 0 || state.settings.auth_rate_limit_per_minute > 0
+        {
+            background.push(crate::limits::spawn_sync(state.clone()));
         }
         if state.settings.worker_interval_ms > 0 {
             let worker = crate::worker::Worker {
@@ -600,6 +605,8 @@ impl Application {
                 .route("/docs", web::get().to(meta::docs_page))
                 .route("/docs/docs.js", web::get().to(meta::docs_script))
                 .default_service(web::to(fallback))
+                .wrap(actix_web::middleware::from_fn(crate::limits::idempotency))
+                .wrap(actix_web::middleware::from_fn(crate::limits::rate_limit))
                 .wrap(cors(&cors_origins))
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();

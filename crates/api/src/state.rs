@@ -23,4 +23,6 @@ pub struct AppState {
     pub secret_box: Arc<crate::keys::SecretBox>,
     /// Back-channel client for OpenID providers: no redirects, short timeouts.
     pub oidc_http: reqwest::Client,
+    /// This node's rate-limit counters (shared through the database).
+    pub rate_limiter: crate::limits::RateLimiter,
 }

@@ -353,6 +353,7 @@ pub async fn redact_contact(
     redact_links(&txn, tid, c.id).await?;
     // Events about the person (queued deliveries, the change feed) keep ids only.
     crate::events::scrub_subject(&txn, tid, c.id).await?;
+    crate::idempotency::forget_references(&txn, tid, c.id).await?;
     audit::record(
         &txn,
         tenant.id(),
@@ -611,6 +612,7 @@ async fn apply_erasure(
         .exec(db)
         .await?;
     crate::events::scrub_subject(db, tid, contact_id).await?;
+    crate::idempotency::forget_references(db, tid, contact_id).await?;
     Ok(())
 }
 

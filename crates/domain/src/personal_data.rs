@@ -55,6 +55,9 @@ pub enum OnErasure {
     FollowsParent,
     /// Kept (an event's place in the change feed), its payload reduced to ids.
     ScrubbedToIds,
+    /// Short-lived copies (stored responses of idempotent requests): the ones that name the
+    /// person are deleted.
+    DeleteReferencing,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -262,6 +265,30 @@ pub const REGISTRY: &[TableClass] = &[
             not("created_at"),
             not("finished_at"),
         ],
+    },
+    TableClass {
+        name: "idempotency_keys",
+        subject_link: None,
+        on_erasure: OnErasure::DeleteReferencing,
+        columns: &[
+            not("tenant_id"),
+            not("caller"),
+            not("key"),
+            not("fingerprint"),
+            not("state"),
+            not("status"),
+            not("headers"),
+            hidden("body_enc", ContactDetails),
+            not("refs"),
+            not("created_at"),
+            not("expires_at"),
+        ],
+    },
+    TableClass {
+        name: "rate_limits",
+        subject_link: None,
+        on_erasure: OnErasure::NotSubjectData,
+        columns: &[not("key"), not("window_start"), not("count")],
     },
     TableClass {
         name: "job_runs",

@@ -11,6 +11,7 @@ mod errors;
 mod events;
 mod gdpr;
 mod isolation;
+mod limits;
 mod logs;
 mod matrix;
 mod nodes;

@@ -15,6 +15,7 @@ pub mod email_outbox;
 pub mod erasure_ledger;
 pub mod event;
 pub mod gdpr_setting;
+pub mod idempotency_key;
 pub mod import_job;
 pub mod integration_client;
 pub mod job_run;
