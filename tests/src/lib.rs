@@ -331,6 +331,17 @@ impl TestApp {
         (base, handle)
     }
 
+    /// Stops the in-process server (the database stays).
+    pub async fn stop_server(&self) {
+        self.handle.stop(true).await;
+    }
+
+    /// Serves this app's database, keys and settings from a separate `crm serve` process (the
+    /// real binary, built if needed) and returns it once it answers. Point `base` at it.
+    pub async fn start_process(&self) -> CrmProcess {
+        CrmProcess::start(&self.settings, &self.db.dir).await
+    }
+
     /// Stops the server and removes its database.
     pub async fn cleanup(self) {
         self.handle.stop(false).await;
@@ -1143,5 +1154,105 @@ impl MailSink {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("expected {n} e-mails, got {}", self.received().len());
+    }
+}
+
+/// The `crm` binary serving a test database in its own process, so a test can kill it.
+pub struct CrmProcess {
+    child: tokio::process::Child,
+    pub base: String,
+}
+
+/// Builds the `crm` binary (a no-op when it is fresh) and returns its path.
+fn crm_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "crm", "--bin", "crm"])
+                .current_dir(&workspace)
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the crm binary failed");
+            // target/debug/deps/<test binary> -> target/debug/crm
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().join("crm")
+        })
+        .clone()
+}
+
+impl CrmProcess {
+    pub async fn start(settings: &Settings, dir: &std::path::Path) -> CrmProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("process.log"))
+            .unwrap();
+        let mut cmd = tokio::process::Command::new(crm_binary());
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CRM_DATABASE_URL", &settings.database_url)
+            .env("CRM_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("CRM_PUBLIC_URL", &settings.issuer)
+            .env("CRM_KEY_DIR", &settings.key_dir)
+            .env("CRM_WORKERS", "2")
+            .env("CRM_RETENTION_INTERVAL_SECS", "0")
+            .env(
+                "CRM_WORKER_INTERVAL_MS",
+                settings.worker_interval_ms.to_string(),
+            )
+            .env("CRM_WEBHOOK_ALLOW_LOOPBACK", "true")
+            .env(
+                "CRM_WEBHOOK_MAX_ATTEMPTS",
+                settings.webhook_max_attempts.to_string(),
+            )
+            .env(
+                "CRM_WEBHOOK_RETRY_BASE_SECS",
+                settings.webhook_retry_base.num_seconds().to_string(),
+            )
+            .env(
+                "CRM_RATE_LIMIT_PER_MINUTE",
+                settings.rate_limit_per_minute.to_string(),
+            )
+            .env(
+                "CRM_AUTH_RATE_LIMIT_PER_MINUTE",
+                settings.auth_rate_limit_per_minute.to_string(),
+            )
+            .env("CRM_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(relay) = &settings.smtp_relay {
+            cmd.env("CRM_SMTP_RELAY", relay);
+        }
+        let child = cmd.spawn().expect("crm serve starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Ok(r) = client.get(format!("{base}/health")).send().await
+                && r.status().is_success()
+            {
+                return CrmProcess { child, base };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "crm serve did not answer; its log:\n{}",
+            std::fs::read_to_string(dir.join("process.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL: no shutdown, no flushing, as in a power cut of the process.
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
     }
 }

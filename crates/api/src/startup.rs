@@ -480,6 +480,9 @@ fn spawn_retention_job(state: web::Data<AppState>) -> tokio::task::JoinHandle<()
             if let Err(e) = crm_domain::mfa::prune_challenges(&state.db, state.clock.now()).await {
                 log::error!("pruning expired ceremonies failed: {e}");
             }
+            if let Err(e) = crm_domain::idempotency::prune(&state.db, state.clock.now()).await {
+                log::error!("pruning expired idempotency keys failed: {e}");
+            }
         }
     })
 }

@@ -31,6 +31,9 @@ const LEASE: i64 = 60;
 const BATCH: u64 = 20;
 /// Rows of an import applied per transaction.
 const CHUNK: usize = 1000;
+/// How long an import claim lasts; renewed with every chunk (which takes about a second), so
+/// a job whose node died resumes elsewhere within this time.
+const IMPORT_LEASE: i64 = 15;
 
 impl Worker {
     /// Claims and delivers what is due (webhooks, then e-mails); returns how many attempts
@@ -51,7 +54,7 @@ impl Worker {
     /// Applies one claimed import, chunk by chunk; returns the rows applied.
     async fn run_import(&self) -> anyhow::Result<usize> {
         use crm_domain::imports;
-        let lease = Duration::seconds(LEASE);
+        let lease = Duration::seconds(IMPORT_LEASE);
         let Some(mut job) = imports::claim_job(&self.db, self.clock.now(), lease).await? else {
             return Ok(0);
         };
