@@ -4,7 +4,7 @@ CARGO ?= cargo
 # PostgreSQL for the test suite; tests create and drop their own databases on it.
 export CRM_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test build fmt fmt-check clippy unit e2e openapi openapi-check nextest-available clean test-peers
+.PHONY: run test build contract-tools fmt fmt-check clippy unit e2e openapi openapi-check nextest-available clean test-peers
 
 # The real OpenID provider the SSO tests run (npm `oidc-provider`, pinned by its lockfile).
 OIDC_DIR := tests/oidc-provider
@@ -14,7 +14,7 @@ run:
 	$(CARGO) run -p crm -- serve
 
 ## Format and lint checks, unit tests, end-to-end tests on SQLite and PostgreSQL, spec drift.
-test: fmt-check clippy openapi-check test-peers
+test: fmt-check clippy openapi-check test-peers contract-tools
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -26,6 +26,15 @@ test-peers: $(OIDC_DIR)/node_modules/.package-lock.json
 
 $(OIDC_DIR)/node_modules/.package-lock.json: $(OIDC_DIR)/package-lock.json $(OIDC_DIR)/package.json
 	cd $(OIDC_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+## Schemathesis for the contract test (PyPI, pinned), in a virtualenv under tests/contract.
+CONTRACT_VENV := tests/contract/.venv
+contract-tools: $(CONTRACT_VENV)/.installed
+
+$(CONTRACT_VENV)/.installed: tests/contract/requirements.txt
+	python3 -m venv $(CONTRACT_VENV)
+	$(CONTRACT_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/contract/requirements.txt
 	touch $@
 
 build:

@@ -268,5 +268,126 @@ pub fn finish(mut spec: Spec) -> Spec {
         }
     }
     mark_personal_data(&mut spec);
+    close_request_schemas(&mut spec);
+    open_batch_items(&mut spec);
     spec
+}
+
+/// A bulk upsert applies the valid items and reports the others as failed, whatever they are:
+/// its items are a `BatchContactIn` or any other value (which fails alone).
+fn open_batch_items(spec: &mut Spec) {
+    use utoipa::openapi::schema::{AnyOfBuilder, ArrayItems, ObjectBuilder};
+    let Some(components) = spec.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(batch))) = components.schemas.get_mut("BatchIn")
+        && let Some(RefOr::T(Schema::Array(items))) = batch.properties.get_mut("items")
+    {
+        let any = AnyOfBuilder::new()
+            .item(Ref::from_schema_name("BatchContactIn"))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+                    .description(Some(
+                        "Any other value is reported as a failed item; the rest are still applied",
+                    )),
+            )
+            .build();
+        items.items = ArrayItems::RefOrSchema(Box::new(RefOr::T(Schema::AnyOf(any))));
+    }
+}
+
+/// Names of the component schemas `schema` refers to, directly or through arrays and
+/// compositions.
+fn refs_in(schema: &RefOr<Schema>, out: &mut Vec<String>) {
+    match schema {
+        RefOr::Ref(r) => {
+            if let Some(name) = r.ref_location.strip_prefix("#/components/schemas/") {
+                out.push(name.to_owned());
+            }
+        }
+        RefOr::T(Schema::Object(o)) => o.properties.values().for_each(|p| refs_in(p, out)),
+        RefOr::T(Schema::Array(a)) => {
+            if let utoipa::openapi::schema::ArrayItems::RefOrSchema(items) = &a.items {
+                refs_in(items, out);
+            }
+        }
+        RefOr::T(Schema::OneOf(o)) => o.items.iter().for_each(|i| refs_in(i, out)),
+        RefOr::T(Schema::AllOf(o)) => o.items.iter().for_each(|i| refs_in(i, out)),
+        RefOr::T(Schema::AnyOf(o)) => o.items.iter().for_each(|i| refs_in(i, out)),
+        RefOr::T(_) => {}
+    }
+}
+
+fn allow_null(property: &mut RefOr<Schema>) {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let schema_type = match property {
+        RefOr::T(Schema::Object(p)) => &mut p.schema_type,
+        RefOr::T(Schema::Array(a)) => &mut a.schema_type,
+        RefOr::Ref(r) => {
+            let null = utoipa::openapi::schema::ObjectBuilder::new().schema_type(Type::Null);
+            let either = utoipa::openapi::schema::OneOfBuilder::new()
+                .item(RefOr::Ref(r.clone()))
+                .item(null)
+                .build();
+            *property = RefOr::T(Schema::OneOf(either));
+            return;
+        }
+        _ => return,
+    };
+    if let SchemaType::Type(t) = schema_type
+        && *t != Type::Null
+    {
+        *schema_type = SchemaType::from_iter([t.clone(), Type::Null]);
+    }
+}
+
+/// Request bodies refuse fields they do not define (`422 unknown_field`): say so in their
+/// schemas (`additionalProperties: false`), nested objects included.
+fn close_request_schemas(spec: &mut Spec) {
+    let mut pending = Vec::new();
+    for item in spec.paths.paths.values() {
+        for op in [&item.post, &item.put, &item.patch, &item.delete]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(RefOr::T(body)) = &op.request_body {
+                for content in body.content.values() {
+                    if let RefOr::T(content) = content
+                        && let Some(schema) = &content.schema
+                    {
+                        refs_in(schema, &mut pending);
+                    }
+                }
+            }
+        }
+    }
+    let Some(components) = spec.components.as_mut() else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(name) = pending.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        if let Some(schema) = components.schemas.get(&name) {
+            refs_in(schema, &mut pending);
+        }
+    }
+    for name in seen {
+        if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(&name)
+            && !o.properties.is_empty()
+        {
+            o.additional_properties = Some(Box::new(
+                utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+            ));
+            // An optional field may be sent as `null`: absent on create, cleared on a merge
+            // patch (where a field cannot be cleared, the answer is a 422 that says so).
+            for (field, property) in o.properties.iter_mut() {
+                if !o.required.contains(field) {
+                    allow_null(property);
+                }
+            }
+        }
+    }
 }

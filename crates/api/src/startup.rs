@@ -174,18 +174,35 @@ impl RouteTable {
         RouteTable(table)
     }
 
-    fn allowed(&self, path: &str) -> Option<String> {
+    /// The methods of the most specific template matching `path` (literal segments win over
+    /// parameters: `/v1/contacts/batch` is not `/v1/contacts/{id}`).
+    fn methods(&self, path: &str) -> Option<&[&'static str]> {
         let parts: Vec<&str> = path.split('/').collect();
         self.0
             .iter()
-            .find(|(segments, _)| {
+            .filter(|(segments, _)| {
                 segments.len() == parts.len()
                     && segments
                         .iter()
                         .zip(&parts)
                         .all(|(s, p)| (s.starts_with('{') && !p.is_empty()) || s == p)
             })
-            .map(|(_, methods)| methods.join(", "))
+            .max_by_key(|(segments, _)| segments.iter().filter(|s| !s.starts_with('{')).count())
+            .map(|(_, methods)| methods.as_slice())
+    }
+
+    fn allowed(&self, path: &str) -> Option<String> {
+        self.methods(path).map(|m| m.join(", "))
+    }
+
+    /// `Some(allow)` when `path` is a route that does not take `method` (405), even where a
+    /// parameterised sibling would take it.
+    fn refuses(&self, path: &str, method: &Method) -> Option<String> {
+        if method == Method::OPTIONS || method == Method::HEAD {
+            return None;
+        }
+        let methods = self.methods(path)?;
+        (!methods.contains(&method.as_str())).then(|| methods.join(", "))
     }
 }
 
@@ -609,6 +626,27 @@ impl Application {
                 .route("/docs/docs.js", web::get().to(meta::docs_script))
                 .default_service(web::to(fallback))
                 .wrap(actix_web::middleware::from_fn(crate::limits::idempotency))
+                .wrap_fn(|req, srv| {
+                    // 405 before routing: a literal route (`/v1/sub-processors/changes`) must not
+                    // fall through to a parameterised sibling that takes the method.
+                    let refused = req
+                        .app_data::<web::Data<RouteTable>>()
+                        .and_then(|t| t.refuses(req.path(), req.method()));
+                    let outcome = match refused {
+                        None => Ok(srv.call(req)),
+                        Some(allow) => Err((req, allow)),
+                    };
+                    async move {
+                        match outcome {
+                            Ok(fut) => fut.await.map(ServiceResponse::map_into_boxed_body),
+                            Err((req, allow)) => Ok(req.into_response(
+                                actix_web::ResponseError::error_response(
+                                    &ApiError::MethodNotAllowed { allow },
+                                ),
+                            )),
+                        }
+                    }
+                })
                 .wrap(actix_web::middleware::from_fn(crate::limits::rate_limit))
                 .wrap(cors(&cors_origins))
                 .wrap_fn(|req, srv| {

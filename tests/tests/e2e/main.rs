@@ -6,6 +6,7 @@ mod auth;
 mod breaches;
 mod bulk;
 mod clients;
+mod contract;
 mod crash;
 mod crm;
 mod errors;

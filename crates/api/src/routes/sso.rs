@@ -243,7 +243,10 @@ pub async fn put_connection(
 /// connection with the same issuer is made.
 #[utoipa::path(
     tag = "sso",
-    responses((status = 204, description = "Removed")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "`sso_connection_not_found`: no connection is configured", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
     security(("bearer" = []))
 )]
 #[delete("/sso/connection")]
