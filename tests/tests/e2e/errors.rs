@@ -28,6 +28,30 @@ both!(framework_errors_are_problems, |app| {
         .await
         .unwrap();
     assert_problem(resp, 400, "malformed_json").await;
+    // Nesting deeper than 128 levels is refused before anything looks at it (no stack
+    // exhaustion, no 500), also in a body of any shape.
+    let deep = format!(
+        "{{\"first_name\": {}1{}}}",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let resp = app
+        .client
+        .post(&url)
+        .bearer_auth(&s.access)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(resp, 400, "malformed_json").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("recursion limit"),
+        "{problem}"
+    );
     let resp = app
         .client
         .post(&url)
