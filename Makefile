@@ -4,7 +4,7 @@ CARGO ?= cargo
 # PostgreSQL for the test suite; tests create and drop their own databases on it.
 export CRM_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test build contract-tools fmt fmt-check clippy unit e2e openapi openapi-check nextest-available clean test-peers
+.PHONY: run test build contract-tools bench fmt fmt-check clippy unit e2e openapi openapi-check nextest-available clean test-peers
 
 # The real OpenID provider the SSO tests run (npm `oidc-provider`, pinned by its lockfile).
 OIDC_DIR := tests/oidc-provider
@@ -36,6 +36,15 @@ $(CONTRACT_VENV)/.installed: tests/contract/requirements.txt
 	python3 -m venv $(CONTRACT_VENV)
 	$(CONTRACT_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/contract/requirements.txt
 	touch $@
+
+## Benchmark (not part of `make test`): release build, seeded data set, wrk against the API,
+## the minimal baseline server and pgbench side by side; results in bench/results/.
+## BENCH_ARGS e.g. "--db postgres --scale small --duration 5 --rounds 2".
+BENCH_ARGS ?=
+bench:
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(CARGO) build --release -p crm -p crm-bench-baseline
+	python3 bench/run.py $(BENCH_ARGS)
 
 build:
 	$(CARGO) build --workspace

@@ -140,6 +140,32 @@ pub enum TokenSubject {
     Client(TenantId, Uuid, Vec<String>),
 }
 
+/// The validation of access tokens (issuer, audience, required claims), built once.
+pub fn token_validation(issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    // Expiry is checked against the service's clock below, not the library's.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation
+}
+
+/// What verification reads from an access token (`iss` and `aud` are checked by the library).
+#[derive(Deserialize)]
+struct VerifiedClaims {
+    sub: String,
+    exp: i64,
+    iat: i64,
+    nbf: i64,
+    tid: String,
+    #[serde(default)]
+    sid: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
 /// Verifies signature, `typ`, `alg`, `kid`, `iss`, `aud`, `exp`, `nbf` and the claim shapes.
 pub fn verify_access_token(state: &AppState, token: &str) -> Result<TokenSubject, ApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| invalid_token())?;
@@ -154,14 +180,7 @@ pub fn verify_access_token(state: &AppState, token: &str) -> Result<TokenSubject
         .as_deref()
         .and_then(|kid| state.keys.decoding_key(kid))
         .ok_or_else(invalid_token)?;
-    let mut validation = Validation::new(Algorithm::EdDSA);
-    validation.set_issuer(&[&state.settings.issuer]);
-    validation.set_audience(&[&state.settings.audience]);
-    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-    // Expiry is checked against the service's clock below, not the library's.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation)
+    let data = jsonwebtoken::decode::<VerifiedClaims>(token, key, &state.token_validation)
         .map_err(|_| invalid_token())?;
     let c = data.claims;
     let now = state.clock.now().timestamp();

@@ -306,18 +306,24 @@ pub async fn rate_limit<B: MessageBody + 'static>(
         return srv.call(req).await;
     };
     let s = &state.settings;
-    let addr = client_addr(req.request(), s.trust_forwarded_for);
-    let (quota, name, key) = if is_sign_in(req.path()) {
-        (s.auth_rate_limit_per_minute, "auth", format!("addr:{addr}"))
-    } else if let Some(subject) = verified(&req, &state) {
-        let (tid, caller) = caller_of(&subject);
-        (s.rate_limit_per_minute, "api", format!("{tid}:{caller}"))
+    let sign_in = is_sign_in(req.path());
+    let quota = if sign_in {
+        s.auth_rate_limit_per_minute
     } else {
-        (s.rate_limit_per_minute, "api", format!("addr:{addr}"))
+        s.rate_limit_per_minute
     };
     if quota == 0 {
         return srv.call(req).await;
     }
+    let addr = || client_addr(req.request(), s.trust_forwarded_for);
+    let (name, key) = if sign_in {
+        ("auth", format!("addr:{}", addr()))
+    } else if let Some(subject) = verified(&req, &state) {
+        let (tid, caller) = caller_of(&subject);
+        ("api", format!("{tid}:{caller}"))
+    } else {
+        ("api", format!("addr:{}", addr()))
+    };
     let policy = Policy {
         name,
         quota,

@@ -36,6 +36,25 @@ use crate::state::AppState;
 fn routes(cfg: &mut ServiceConfig) {
     cfg.service(meta::health).service(meta::jwks).service(
         scope::scope("/v1")
+            // The busiest routes first: actix tries routes in this order.
+            .service(companies::create_company)
+            .service(companies::list_companies)
+            .service(companies::get_company)
+            .service(companies::update_company)
+            .service(companies::delete_company)
+            .service(contacts::batch_upsert)
+            .service(contacts::create_import)
+            .service(contacts::get_import)
+            .service(contacts::create_contact)
+            .service(contacts::list_contacts)
+            .service(contacts::get_contact)
+            .service(contacts::update_contact)
+            .service(contacts::delete_contact)
+            .service(orders::create_order)
+            .service(orders::list_orders)
+            .service(orders::get_order)
+            .service(orders::update_order)
+            .service(orders::delete_order)
             .service(auth::login)
             .service(auth::refresh)
             .service(auth::logout)
@@ -89,24 +108,6 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(users::get_user)
             .service(users::update_user)
             .service(users::delete_user)
-            .service(companies::create_company)
-            .service(companies::list_companies)
-            .service(companies::get_company)
-            .service(companies::update_company)
-            .service(companies::delete_company)
-            .service(contacts::batch_upsert)
-            .service(contacts::create_import)
-            .service(contacts::get_import)
-            .service(contacts::create_contact)
-            .service(contacts::list_contacts)
-            .service(contacts::get_contact)
-            .service(contacts::update_contact)
-            .service(contacts::delete_contact)
-            .service(orders::create_order)
-            .service(orders::list_orders)
-            .service(orders::get_order)
-            .service(orders::update_order)
-            .service(orders::delete_order)
             .service(gdpr::export_contact)
             .service(gdpr::redact_contact)
             .service(gdpr::erase_contact)
@@ -195,13 +196,41 @@ impl RouteTable {
         self.methods(path).map(|m| m.join(", "))
     }
 
-    /// `Some(allow)` when `path` is a route that does not take `method` (405), even where a
-    /// parameterised sibling would take it.
+    /// Literal routes that a parameterised sibling would also match (`/v1/contacts/batch` and
+    /// `/v1/contacts/{id}`), with their methods.
+    fn shadowed(&self) -> std::collections::HashMap<String, Vec<&'static str>> {
+        let mut out = std::collections::HashMap::new();
+        for (segments, methods) in &self.0 {
+            if segments.iter().any(|s| s.starts_with('{')) {
+                continue;
+            }
+            let path = segments.join("/");
+            let shadowed = self.0.iter().any(|(other, _)| {
+                other.len() == segments.len()
+                    && other.iter().any(|s| s.starts_with('{'))
+                    && other
+                        .iter()
+                        .zip(segments)
+                        .all(|(o, s)| o.starts_with('{') || o == s)
+            });
+            if shadowed {
+                out.insert(path, methods.clone());
+            }
+        }
+        out
+    }
+}
+
+/// 405 before routing for literal routes a parameterised sibling would otherwise take
+/// (`PATCH /v1/sub-processors/changes` is not `PATCH /v1/sub-processors/{id}`): one lookup.
+pub struct Shadowed(std::collections::HashMap<String, Vec<&'static str>>);
+
+impl Shadowed {
     fn refuses(&self, path: &str, method: &Method) -> Option<String> {
         if method == Method::OPTIONS || method == Method::HEAD {
             return None;
         }
-        let methods = self.methods(path)?;
+        let methods = self.0.get(path)?;
         (!methods.contains(&method.as_str())).then(|| methods.join(", "))
     }
 }
@@ -573,6 +602,7 @@ impl Application {
             session_ttl: settings.session_ttl,
             throttle,
         };
+        let token_validation = crate::auth::token_validation(&settings.issuer, &settings.audience);
         let state = web::Data::new(AppState {
             db,
             keys,
@@ -584,6 +614,7 @@ impl Application {
             secret_box,
             oidc_http,
             rate_limiter: Default::default(),
+            token_validation,
         });
         // Background jobs live as long as the server.
         let mut background = Vec::new();
@@ -607,6 +638,7 @@ impl Application {
         let spec = openapi_spec();
         let spec_json = web::Data::new(SpecJson(serde_json::to_string_pretty(&spec)?));
         let table = web::Data::new(RouteTable::from_spec(&spec));
+        let shadowed = web::Data::new(Shadowed(table.shadowed()));
 
         let cors_origins = state.settings.webauthn_origins.clone();
         let server = HttpServer::new(move || {
@@ -614,6 +646,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(spec_json.clone())
                 .app_data(table.clone())
+                .app_data(shadowed.clone())
                 .app_data(json_config(max_body))
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::QueryConfig::default().error_handler(query_error))
@@ -630,7 +663,7 @@ impl Application {
                     // 405 before routing: a literal route (`/v1/sub-processors/changes`) must not
                     // fall through to a parameterised sibling that takes the method.
                     let refused = req
-                        .app_data::<web::Data<RouteTable>>()
+                        .app_data::<web::Data<Shadowed>>()
                         .and_then(|t| t.refuses(req.path(), req.method()));
                     let outcome = match refused {
                         None => Ok(srv.call(req)),
@@ -663,12 +696,17 @@ impl Application {
                         let res = fut.await?;
                         let mut res = ensure_problem(res.map_into_boxed_body());
                         security_headers(&mut res, &request_id);
-                        let route = res.request().match_pattern().unwrap_or_else(|| "-".into());
-                        log::info!(
-                            "request_id={request_id} method={method} route={route} status={} latency_ms={:.2}",
-                            res.status().as_u16(),
-                            start.elapsed().as_secs_f64() * 1000.0
-                        );
+                        if log::log_enabled!(log::Level::Info) {
+                            // Matching the route template again costs a routing pass: only
+                            // when the line is written.
+                            let route =
+                                res.request().match_pattern().unwrap_or_else(|| "-".into());
+                            log::info!(
+                                "request_id={request_id} method={method} route={route} status={} latency_ms={:.2}",
+                                res.status().as_u16(),
+                                start.elapsed().as_secs_f64() * 1000.0
+                            );
+                        }
                         Ok(res)
                     }
                 })

@@ -25,4 +25,6 @@ pub struct AppState {
     pub oidc_http: reqwest::Client,
     /// This node's rate-limit counters (shared through the database).
     pub rate_limiter: crate::limits::RateLimiter,
+    /// How access tokens are validated (issuer, audience), built once.
+    pub token_validation: jsonwebtoken::Validation,
 }

@@ -256,14 +256,22 @@ pub async fn get_contact(
     tenant: &Tenant,
     id: ContactId,
 ) -> DomainResult<Contact> {
+    // The hottest read: a fixed statement rather than one built per call.
     contact::Entity::find()
-        .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
-        .filter(contact::Column::Id.eq(id.as_uuid()))
+        .from_raw_sql(sea_orm::Statement::from_sql_and_values(
+            db.get_database_backend(),
+            GET_CONTACT_SQL,
+            [tenant.id().as_uuid().into(), id.as_uuid().into()],
+        ))
         .one(db)
         .await?
         .map(Contact::from)
         .ok_or(DomainError::NotFound("contact"))
 }
+
+const GET_CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, \
+    phone, job_title, created_at, updated_at, version, legal_hold, redacted_at \
+    FROM contacts WHERE tenant_id = $1 AND id = $2 LIMIT 1";
 
 pub(crate) async fn contact_exists(
     db: &impl ConnectionTrait,

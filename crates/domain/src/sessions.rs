@@ -432,46 +432,36 @@ struct LiveSession {
 }
 
 /// One query on the hot path: the session with its user and tenant, all three still live.
+/// The session, its user's role and its tenant's policy, if all are live.
+const SESSION_CHECK_SQL: &str = "SELECT sessions.user_id, sessions.auth_time, sessions.amr, \
+    sessions.expires_at, sessions.webauthn_at, users.role, tenants.kind, tenants.mfa_required \
+    FROM sessions \
+    INNER JOIN users ON users.tenant_id = sessions.tenant_id AND users.id = sessions.user_id \
+    INNER JOIN tenants ON tenants.id = sessions.tenant_id \
+    WHERE sessions.tenant_id = $1 AND sessions.id = $2 AND sessions.revoked_at IS NULL \
+    AND sessions.expires_at > $3 AND users.active = $4 AND tenants.active = $5";
+
 async fn load_principal(
     db: &impl ConnectionTrait,
     tenant_id: TenantId,
     session_id: SessionId,
     now: DateTime<Utc>,
 ) -> DomainResult<(LiveSession, Principal)> {
-    use sea_orm::sea_query::{Expr, ExprTrait, Query};
-    let stmt = Query::select()
-        .column((session::Entity, session::Column::UserId))
-        .column((session::Entity, session::Column::AuthTime))
-        .column((session::Entity, session::Column::Amr))
-        .column((session::Entity, session::Column::ExpiresAt))
-        .column((session::Entity, session::Column::WebauthnAt))
-        .column((user::Entity, user::Column::Role))
-        .column((tenant::Entity, tenant::Column::Kind))
-        .column((tenant::Entity, tenant::Column::MfaRequired))
-        .from(session::Entity)
-        .inner_join(
-            user::Entity,
-            Expr::col((user::Entity, user::Column::TenantId))
-                .equals((session::Entity, session::Column::TenantId))
-                .and(
-                    Expr::col((user::Entity, user::Column::Id))
-                        .equals((session::Entity, session::Column::UserId)),
-                ),
-        )
-        .inner_join(
-            tenant::Entity,
-            Expr::col((tenant::Entity, tenant::Column::Id))
-                .equals((session::Entity, session::Column::TenantId)),
-        )
-        .and_where(Expr::col((session::Entity, session::Column::TenantId)).eq(tenant_id.as_uuid()))
-        .and_where(Expr::col((session::Entity, session::Column::Id)).eq(session_id.as_uuid()))
-        .and_where(Expr::col((session::Entity, session::Column::RevokedAt)).is_null())
-        .and_where(Expr::col((session::Entity, session::Column::ExpiresAt)).gt(now))
-        .and_where(Expr::col((user::Entity, user::Column::Active)).eq(true))
-        .and_where(Expr::col((tenant::Entity, tenant::Column::Active)).eq(true))
-        .to_owned();
+    // Runs on every authenticated request: a fixed statement (prepared once per connection),
+    // not one built anew each time.
+    let stmt = sea_orm::Statement::from_sql_and_values(
+        db.get_database_backend(),
+        SESSION_CHECK_SQL,
+        [
+            tenant_id.as_uuid().into(),
+            session_id.as_uuid().into(),
+            now.into(),
+            true.into(),
+            true.into(),
+        ],
+    );
     let row = db
-        .query_one(&stmt)
+        .query_one_raw(stmt)
         .await?
         .ok_or(DomainError::Unauthenticated("session_ended"))?;
     let role: String = row.try_get("", "role")?;

@@ -1,0 +1,767 @@
+#!/usr/bin/env python3
+"""`make bench`: the API measured side by side with its limits.
+
+For each database (PostgreSQL, then SQLite) this starts the release `crm serve` on a fresh
+database, seeds a data set (full scale on PostgreSQL: 100 tenants, 1,000,000 contacts, 200,000
+companies, 1,000,000 orders with 2 lines each; a tenth of it on SQLite), and drives every
+workload with wrk on 127.0.0.1 for several rounds. In the same run it measures the floors:
+pgbench running the same SQL the GET-by-id endpoint runs (PostgreSQL), and a minimal actix-web +
+sqlx server (bench/baseline) doing the same authenticated lookup with the same JWT verification.
+Results go to bench/results/<time>.json and .md, and a table is printed.
+
+Only the Python standard library; wrk and pgbench come from Debian (the Makefile installs
+wrk when it is missing).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+WORK = os.path.join(RESULTS, "work")
+API_PORT = 18181
+BASE_PORT = 18182
+PG_ADMIN = os.environ.get("CRM_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+PG_DB = "crm_bench"
+ISSUER = f"http://127.0.0.1:{API_PORT}"
+SUBJECTS = 8  # contacts with 1,000 orders each (export and erase)
+
+
+def log(msg):
+    print(f"==> {msg}", flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def pg_url(db):
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + db
+
+
+def psql(sql, db=PG_DB, capture=False):
+    out = subprocess.run(
+        ["psql", pg_url(db), "-v", "ON_ERROR_STOP=1", "-qtAc", sql],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() if capture else None
+
+
+def uid(prefix, n):
+    return f"{prefix}-0000-7000-8000-{n:012x}"
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP helpers
+
+
+def request(method, path, body=None, token=None, headers=None, port=API_PORT):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    h = {"content-type": "application/json"}
+    if token:
+        h["authorization"] = f"Bearer {token}"
+    h.update(headers or {})
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), data
+
+
+def wait_health(port, proc):
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"the server on port {port} exited with {proc.returncode}")
+        try:
+            status, _, _ = request("GET", "/health", port=port)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"the server on port {port} did not start")
+
+
+class RssSampler:
+    """Peak resident memory of a process, sampled every 50 ms while active."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _read(self):
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return 0
+        return 0
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._read())
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.peak = self._read()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+class Api:
+    def __init__(self, backend, db_url, key_dir):
+        self.backend = backend
+        env = {
+            "PATH": os.environ["PATH"],
+            "CRM_DATABASE_URL": db_url,
+            "CRM_LISTEN_ADDR": f"127.0.0.1:{API_PORT}",
+            "CRM_PUBLIC_URL": ISSUER,
+            "CRM_KEY_DIR": key_dir,
+            "CRM_WORKERS": "2",
+            "CRM_RATE_LIMIT_PER_MINUTE": "0",
+            "CRM_AUTH_RATE_LIMIT_PER_MINUTE": "0",
+            "CRM_RETENTION_INTERVAL_SECS": "0",
+            "CRM_LOG": "warn",
+        }
+        self.out_path = os.path.join(WORK, f"api-{backend}.log")
+        self.out = open(self.out_path, "a")
+        self.proc = subprocess.Popen(
+            [os.path.join(ROOT, "target", "release", "crm"), "serve"],
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
+        wait_health(API_PORT, self.proc)
+
+    def demo_password(self):
+        text = open(self.out_path).read()
+        m = re.search(r"Demo tenant admin.*?password:\s+(\S+)", text, re.S)
+        if not m:
+            raise SystemExit(f"no demo password in {self.out_path}")
+        return m.group(1)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.out.close()
+
+
+class Baseline:
+    def __init__(self, db_url, jwk_x):
+        env = {
+            "PATH": os.environ["PATH"],
+            "BASELINE_DATABASE_URL": db_url,
+            "BASELINE_LISTEN": f"127.0.0.1:{BASE_PORT}",
+            "BASELINE_JWK_X": jwk_x,
+            "BASELINE_ISSUER": ISSUER,
+            "BASELINE_AUDIENCE": "crm-api",
+            "BASELINE_WORKERS": "2",
+        }
+        self.proc = subprocess.Popen(
+            [os.path.join(ROOT, "target", "release", "crm-bench-baseline")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(300):
+            try:
+                status, _, _ = request("GET", "/v1/contacts/x", port=BASE_PORT)
+                if status in (401, 404):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("the baseline server did not start")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeding
+
+
+def tenant_expr(n_expr, demo):
+    """SQL for the tenant of item n: tenant 0 is the demo tenant, 1..99 the bench tenants."""
+    return (
+        f"CASE WHEN ({n_expr} - 1) % 100 = 0 THEN '{demo}'::uuid "
+        f"ELSE ('10000000-0000-7000-8000-' || lpad(to_hex(({n_expr} - 1) % 100), 12, '0'))::uuid END"
+    )
+
+
+def seed_postgres(scale, demo):
+    c, co, o = scale["contacts"], scale["companies"], scale["orders"]
+    t = "now() - interval '30 days'"
+    statements = [
+        "INSERT INTO tenants (id, slug, name, kind, active, created_at, updated_at, version, mfa_required) "
+        "SELECT ('10000000-0000-7000-8000-' || lpad(to_hex(t), 12, '0'))::uuid, 'bench-' || t, 'Bench ' || t, "
+        f"'customer', true, {t}, {t}, 1, false FROM generate_series(1, 99) t",
+        "INSERT INTO companies (id, tenant_id, name, domain, created_at, updated_at, version) "
+        f"SELECT ('20000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, {tenant_expr('g', demo)}, "
+        f"'Company ' || g, 'c' || g || '.example', {t}, {t}, 1 FROM generate_series(1, {co}) g",
+        "INSERT INTO contacts (id, tenant_id, company_id, first_name, last_name, email, phone, job_title, "
+        "created_at, updated_at, version, legal_hold) "
+        f"SELECT ('30000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, {tenant_expr('g', demo)}, "
+        f"('20000000-0000-7000-8000-' || lpad(to_hex(((g - 1) % {co}) + 1), 12, '0'))::uuid, "
+        "'First' || g, 'Last' || g, 'c' || g || '@bench.example', '+4420' || lpad(g::text, 8, '0'), 'Buyer', "
+        f"{t} + (g || ' seconds')::interval, {t} + (g || ' seconds')::interval, 1, false "
+        f"FROM generate_series(1, {c}) g",
+        "INSERT INTO orders (id, tenant_id, contact_id, company_id, status, currency, total_minor, placed_at, "
+        "created_at, updated_at, version) "
+        f"SELECT ('40000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, {tenant_expr('g', demo)}, "
+        f"('30000000-0000-7000-8000-' || lpad(to_hex(((g - 1) % {c}) + 1), 12, '0'))::uuid, NULL, "
+        f"'placed', 'EUR', 3700, {t}, {t}, {t}, 1 FROM generate_series(1, {o}) g",
+        "INSERT INTO order_lines (id, tenant_id, order_id, position, sku, description, quantity, "
+        "unit_price_minor, line_total_minor) "
+        f"SELECT ('50000000-0000-7000-8000-' || lpad(to_hex(g * 2 + j), 12, '0'))::uuid, {tenant_expr('g', demo)}, "
+        "('40000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, j, 'SKU-' || j, 'Item ' || j, 1, "
+        f"CASE WHEN j = 0 THEN 1200 ELSE 2500 END, CASE WHEN j = 0 THEN 1200 ELSE 2500 END "
+        f"FROM generate_series(1, {o}) g, generate_series(0, 1) j",
+        # Subjects with 1,000 orders each, in the demo tenant.
+        "INSERT INTO contacts (id, tenant_id, first_name, last_name, email, created_at, updated_at, version, legal_hold) "
+        f"SELECT ('60000000-0000-7000-8000-' || lpad(to_hex(s), 12, '0'))::uuid, '{demo}'::uuid, 'Subject', 'S' || s, "
+        f"'subject' || s || '@bench.example', {t}, {t}, 1, false FROM generate_series(1, {SUBJECTS}) s",
+        "INSERT INTO orders (id, tenant_id, contact_id, status, currency, total_minor, placed_at, created_at, updated_at, version) "
+        f"SELECT ('70000000-0000-7000-8000-' || lpad(to_hex(s * 10000 + k), 12, '0'))::uuid, '{demo}'::uuid, "
+        f"('60000000-0000-7000-8000-' || lpad(to_hex(s), 12, '0'))::uuid, 'placed', 'EUR', 1200, {t}, {t}, {t}, 1 "
+        f"FROM generate_series(1, {SUBJECTS}) s, generate_series(1, 1000) k",
+        "INSERT INTO order_lines (id, tenant_id, order_id, position, description, quantity, unit_price_minor, line_total_minor) "
+        f"SELECT ('80000000-0000-7000-8000-' || lpad(to_hex(s * 10000 + k), 12, '0'))::uuid, '{demo}'::uuid, "
+        "('70000000-0000-7000-8000-' || lpad(to_hex(s * 10000 + k), 12, '0'))::uuid, 0, 'Chart', 1, 1200, 1200 "
+        f"FROM generate_series(1, {SUBJECTS}) s, generate_series(1, 1000) k",
+        "VACUUM ANALYZE",
+    ]
+    for s in statements:
+        psql(s)
+
+
+def seed_sqlite(path, scale, demo):
+    db = sqlite3.connect(path)
+    t = "2026-11-01T00:00:00+00:00"
+    demo_b = uuid.UUID(demo).bytes
+
+    def tenant(n):
+        k = (n - 1) % 100
+        return demo_b if k == 0 else uuid.UUID(uid("10000000", k)).bytes
+
+    def b(prefix, n):
+        return uuid.UUID(uid(prefix, n)).bytes
+
+    c, co, o = scale["contacts"], scale["companies"], scale["orders"]
+    db.executemany(
+        "INSERT INTO tenants (id, slug, name, kind, active, created_at, updated_at, version, mfa_required) "
+        "VALUES (?, ?, ?, 'customer', 1, ?, ?, 1, 0)",
+        ((b("10000000", k), f"bench-{k}", f"Bench {k}", t, t) for k in range(1, 100)),
+    )
+    db.executemany(
+        "INSERT INTO companies (id, tenant_id, name, domain, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, 1)",
+        ((b("20000000", g), tenant(g), f"Company {g}", f"c{g}.example", t, t) for g in range(1, co + 1)),
+    )
+    db.executemany(
+        "INSERT INTO contacts (id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, "
+        "updated_at, version, legal_hold) VALUES (?, ?, ?, ?, ?, ?, ?, 'Buyer', ?, ?, 1, 0)",
+        (
+            (
+                b("30000000", g), tenant(g), b("20000000", ((g - 1) % co) + 1), f"First{g}", f"Last{g}",
+                f"c{g}@bench.example", f"+4420{g:08d}", ts(g), ts(g),
+            )
+            for g in range(1, c + 1)
+        ),
+    )
+    db.executemany(
+        "INSERT INTO orders (id, tenant_id, contact_id, status, currency, total_minor, placed_at, created_at, "
+        "updated_at, version) VALUES (?, ?, ?, 'placed', 'EUR', 3700, ?, ?, ?, 1)",
+        ((b("40000000", g), tenant(g), b("30000000", ((g - 1) % c) + 1), t, t, t) for g in range(1, o + 1)),
+    )
+    db.executemany(
+        "INSERT INTO order_lines (id, tenant_id, order_id, position, sku, description, quantity, unit_price_minor, "
+        "line_total_minor) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+        (
+            (b("50000000", g * 2 + j), tenant(g), b("40000000", g), j, f"SKU-{j}", f"Item {j}",
+             1200 if j == 0 else 2500, 1200 if j == 0 else 2500)
+            for g in range(1, o + 1) for j in (0, 1)
+        ),
+    )
+    db.executemany(
+        "INSERT INTO contacts (id, tenant_id, first_name, last_name, email, created_at, updated_at, version, legal_hold) "
+        "VALUES (?, ?, 'Subject', ?, ?, ?, ?, 1, 0)",
+        ((b("60000000", s), demo_b, f"S{s}", f"subject{s}@bench.example", t, t) for s in range(1, SUBJECTS + 1)),
+    )
+    db.executemany(
+        "INSERT INTO orders (id, tenant_id, contact_id, status, currency, total_minor, placed_at, created_at, "
+        "updated_at, version) VALUES (?, ?, ?, 'placed', 'EUR', 1200, ?, ?, ?, 1)",
+        (
+            (b("70000000", s * 10000 + k), demo_b, b("60000000", s), t, t, t)
+            for s in range(1, SUBJECTS + 1) for k in range(1, 1001)
+        ),
+    )
+    db.executemany(
+        "INSERT INTO order_lines (id, tenant_id, order_id, position, description, quantity, unit_price_minor, "
+        "line_total_minor) VALUES (?, ?, ?, 0, 'Chart', 1, 1200, 1200)",
+        (
+            (b("80000000", s * 10000 + k), demo_b, b("70000000", s * 10000 + k))
+            for s in range(1, SUBJECTS + 1) for k in range(1, 1001)
+        ),
+    )
+    db.commit()
+    db.execute("ANALYZE")
+    db.commit()
+    db.close()
+
+
+def ts(g):
+    return datetime.fromtimestamp(1761955200 + g, tz=timezone.utc).isoformat()
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+LUA = {
+    "get": """
+math.randomseed(os.time() + (tonumber(tostring({}):sub(8)) or 0))
+request = function()
+  local n = 1 + 100 * math.random(0, DEMO_CONTACTS - 1)
+  return wrk.format("GET", string.format("/v1/contacts/30000000-0000-7000-8000-%012x", n))
+end
+""",
+    "create": """
+local thread_id = 0
+local counter = 0
+setup = function(thread) thread_id = thread_id + 1; thread:set("tid", thread_id) end
+init = function() counter = 0; prefix = tostring(os.time()) .. "-" .. tostring(tid or 0) .. "-" .. tostring(math.random(1, 1e9)) end
+request = function()
+  counter = counter + 1
+  local body = string.format('{"first_name":"Load","last_name":"Test","email":"new-%s-%d@load.example","job_title":"Buyer"}', prefix, counter)
+  return wrk.format("POST", "/v1/contacts", with({["content-type"] = "application/json"}), body)
+end
+""",
+    "patch": """
+local thread_id = 0
+setup = function(thread) thread_id = thread_id + 1; thread:set("tid", thread_id) end
+init = function() counter = 0; ver = {} end
+request = function()
+  -- Each thread patches its own share of the tenant's contacts in turn, sending the version
+  -- it expects (every contact starts the round at version 1).
+  local k = counter * THREADS + (tid - 1)
+  counter = counter + 1
+  local n = 1 + 100 * (k % DEMO_CONTACTS)
+  local v = ver[n] or 1
+  ver[n] = v + 1
+  return wrk.format("PATCH", string.format("/v1/contacts/30000000-0000-7000-8000-%012x", n),
+    with({["content-type"] = "application/merge-patch+json", ["if-match"] = '"' .. v .. '"'}), '{"job_title":"Owner"}')
+end
+""",
+    "static": """
+request = function()
+  return wrk.format(METHOD, PATH, with(HEADERS), BODY)
+end
+""",
+}
+
+
+# wrk.format replaces the -H headers when given its own: merge them.
+LUA_PRELUDE = """
+local function with(h)
+  local t = {}
+  for k, v in pairs(wrk.headers) do t[k] = v end
+  for k, v in pairs(h or {}) do t[k] = v end
+  return t
+end
+"""
+
+
+def lua_script(name, **subs):
+    text = LUA_PRELUDE + LUA[name]
+    for k, v in subs.items():
+        text = text.replace(k, v)
+    path = os.path.join(WORK, f"{name}-{abs(hash(text))}.lua")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def lua_str(s):
+    return json.dumps(s)
+
+
+def wrk(port, script, token, args):
+    cmd = [
+        "wrk", "-t", "2", "-c", str(args.connections), "-d", f"{args.duration}s", "--latency",
+        "-s", script, "-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}",
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = {}
+    for p, val, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        pct[p] = float(val) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return {
+        "rps": rps,
+        "p50_ms": pct.get("50"),
+        "p99_ms": pct.get("99"),
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+        "requests": int(total.group(1)) if total else 0,
+    }
+
+
+def summarise(rounds):
+    rps = [r["rps"] for r in rounds]
+    return {
+        "rps": statistics.median(rps),
+        "rps_min": min(rps),
+        "rps_max": max(rps),
+        "p50_ms": statistics.median([r["p50_ms"] for r in rounds if r.get("p50_ms") is not None] or [0]),
+        "p99_ms": statistics.median([r["p99_ms"] for r in rounds if r.get("p99_ms") is not None] or [0]),
+        "errors": sum(r.get("errors", 0) for r in rounds),
+        "rounds": rounds,
+    }
+
+
+def timed(fn, n):
+    """Runs fn n times sequentially; latency percentiles and rate."""
+    lat = []
+    start = time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        lat.append((time.perf_counter() - t0) * 1000)
+    elapsed = time.perf_counter() - start
+    lat.sort()
+    return {
+        "rps": n / elapsed,
+        "p50_ms": lat[len(lat) // 2],
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "errors": 0,
+    }
+
+
+class Session:
+    def __init__(self, password, backend):
+        self.password = password
+        self.backend = backend
+        self.refresh()
+
+    def refresh(self):
+        status, _, data = request(
+            "POST", "/v1/auth/login", {"tenant": "demo", "email": "admin@demo.example", "password": self.password}
+        )
+        if status != 200:
+            raise SystemExit(f"login failed: {status} {data[:200]}")
+        body = json.loads(data)
+        self.access = body["access_token"]
+        self.refresh_token = body["refresh_token"]
+        claims = json.loads(b64url(self.access.split(".")[1]))
+        self.sid = claims["sid"]
+
+    def stepped_up(self, db_url):
+        """Erasure needs a recent WebAuthn step-up; the benchmark marks its own session as
+        stepped up in the database instead of running a browser ceremony."""
+        if self.backend == "postgres":
+            psql(f"UPDATE sessions SET webauthn_at = now() WHERE id = '{self.sid}'")
+        else:
+            db = sqlite3.connect(db_url)
+            db.execute(
+                "UPDATE sessions SET webauthn_at = ? WHERE id = ?",
+                (datetime.now(timezone.utc).isoformat(), uuid.UUID(self.sid).bytes),
+            )
+            db.commit()
+            db.close()
+
+
+def b64url(s):
+    import base64
+
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def pgbench(sql, demo_contacts, args, tenant, session_id, user_id):
+    script = os.path.join(WORK, "pgbench-get.sql")
+    with open(script, "w") as f:
+        f.write(f"\\set k random(0, {demo_contacts - 1})\n\\set n 1 + 100 * :k\n" + sql)
+    out = subprocess.run(
+        ["pgbench", "-n", "-M", "prepared", "-c", str(args.connections), "-j", "2", "-T", str(args.duration),
+         "-f", script, pg_url(PG_DB)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    lat = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
+    return {"rps": tps, "p50_ms": lat, "p99_ms": None, "errors": 0}
+
+
+PGBENCH_SQL = """SELECT sessions.user_id, sessions.auth_time, sessions.amr, sessions.expires_at, sessions.webauthn_at, users.role, tenants.kind, tenants.mfa_required FROM sessions INNER JOIN users ON users.tenant_id = sessions.tenant_id AND users.id = sessions.user_id INNER JOIN tenants ON tenants.id = sessions.tenant_id WHERE sessions.tenant_id = '{tenant}' AND sessions.id = '{sid}' AND sessions.revoked_at IS NULL AND sessions.expires_at > now() AND users.active = true AND tenants.active = true;
+SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at FROM contacts WHERE tenant_id = '{tenant}' AND id = ('30000000-0000-7000-8000-' || lpad(to_hex(:n::bigint), 12, '0'))::uuid LIMIT 1;
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_backend(backend, args):
+    scale = {
+        "contacts": 1_000_000, "companies": 200_000, "orders": 1_000_000,
+    } if backend == "postgres" and args.scale == "full" else {
+        "contacts": 100_000, "companies": 20_000, "orders": 100_000,
+    }
+    demo_contacts = scale["contacts"] // 100
+    key_dir = os.path.join(WORK, f"keys-{backend}")
+    shutil.rmtree(key_dir, ignore_errors=True)
+    if backend == "postgres":
+        psql(f"DROP DATABASE IF EXISTS {PG_DB}", db="postgres")
+        psql(f"CREATE DATABASE {PG_DB}", db="postgres")
+        db_url = pg_url(PG_DB)
+        sqlite_path = None
+    else:
+        sqlite_path = os.path.join(WORK, "crm.db")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(sqlite_path + suffix):
+                os.remove(sqlite_path + suffix)
+        db_url = f"sqlite://{sqlite_path}?mode=rwc"
+
+    log(f"{backend}: first start (migrations, demo tenant)")
+    stale_log = os.path.join(WORK, f"api-{backend}.log")
+    if os.path.exists(stale_log):
+        os.remove(stale_log)
+    api = Api(backend, db_url, key_dir)
+    password = api.demo_password()
+    api.stop()
+    if backend == "postgres":
+        demo = psql("SELECT id FROM tenants WHERE slug = 'demo'", capture=True)
+    else:
+        db = sqlite3.connect(sqlite_path)
+        demo = str(uuid.UUID(bytes=db.execute("SELECT id FROM tenants WHERE slug = 'demo'").fetchone()[0]))
+        db.close()
+    log(f"{backend}: seeding {scale} (+{SUBJECTS} subjects with 1,000 orders)")
+    t0 = time.time()
+    if backend == "postgres":
+        seed_postgres(scale, demo)
+    else:
+        seed_sqlite(sqlite_path, scale, demo)
+    log(f"{backend}: seeded in {time.time() - t0:.0f} s")
+
+    api = Api(backend, db_url, key_dir)
+    results = {}
+    try:
+        session = Session(password, backend)
+        status, _, data = request("GET", "/.well-known/jwks.json")
+        jwk_x = json.loads(data)["keys"][-1]["x"]
+
+        def reset_versions():
+            sql = "UPDATE contacts SET version = 1 WHERE tenant_id = {}"
+            if backend == "postgres":
+                psql(sql.format(f"'{demo}'"))
+            else:
+                db = sqlite3.connect(sqlite_path)
+                db.execute(sql.format("?"), (uuid.UUID(demo).bytes,))
+                db.commit()
+                db.close()
+
+        def load(name, port, script, before_round=None):
+            rounds = []
+            with RssSampler(api.proc.pid) as rss:
+                for _ in range(args.rounds):
+                    if before_round:
+                        before_round()
+                    session.refresh()
+                    rounds.append(wrk(port, script, session.access, args))
+            out = summarise(rounds)
+            out["peak_rss_mb"] = rss.peak / 1e6 if port == API_PORT else None
+            results[name] = out
+            log(f"{backend}: {name}: {out['rps']:.0f} req/s, p99 {out['p99_ms']:.1f} ms, errors {out['errors']}")
+
+        get = lua_script("get", DEMO_CONTACTS=str(demo_contacts))
+        load("GET contact by id", API_PORT, get)
+        listing = lua_script(
+            "static", METHOD=lua_str("GET"), PATH=lua_str("/v1/contacts?limit=50&updated_since=2025-11-01T00:00:00Z"),
+            HEADERS="{}", BODY="nil",
+        )
+        load("list 50 with a filter", API_PORT, listing)
+        load("create contact", API_PORT, lua_script("create"))
+        load("PATCH with If-Match", API_PORT, lua_script("patch", DEMO_CONTACTS=str(demo_contacts), THREADS="2"),
+             before_round=reset_versions)
+        feed = lua_script("static", METHOD=lua_str("GET"), PATH=lua_str("/v1/changes?since=0&limit=100"),
+                          HEADERS="{}", BODY="nil")
+        load("change feed, 100 events", API_PORT, feed)
+        login = lua_script(
+            "static", METHOD=lua_str("POST"), PATH=lua_str("/v1/auth/login"),
+            HEADERS='{["content-type"] = "application/json"}',
+            BODY=lua_str(json.dumps({"tenant": "demo", "email": "admin@demo.example", "password": password})),
+        )
+        load("login (password)", API_PORT, login)
+
+        # Refresh tokens are single use: a sequential chain.
+        def refresh_once(_):
+            status, _, data = request("POST", "/v1/auth/refresh", {"refresh_token": session.refresh_token})
+            if status != 200:
+                raise SystemExit(f"refresh failed: {status}")
+            session.refresh_token = json.loads(data)["refresh_token"]
+
+        session.refresh()
+        results["refresh (sequential)"] = summarise([timed(refresh_once, 300) for _ in range(args.rounds)])
+
+        # Export of a subject with 1,000 orders, sequential.
+        session.refresh()
+        subject = uid("60000000", 1)
+
+        def export_once(_):
+            status, _, _ = request("GET", f"/v1/contacts/{subject}/export", token=session.access)
+            if status != 200:
+                raise SystemExit(f"export failed: {status}")
+
+        results["export, 1,000 orders (sequential)"] = summarise([timed(export_once, 30) for _ in range(args.rounds)])
+
+        # Erasure of such a subject: one per round.
+        erase_rounds = []
+        for r in range(min(args.rounds, SUBJECTS - 1)):
+            session.refresh()
+            session.stepped_up(sqlite_path or db_url)
+            target = uid("60000000", 2 + r)
+
+            def erase_once(_):
+                status, _, data = request("POST", f"/v1/contacts/{target}/erase", {}, token=session.access)
+                if status != 200:
+                    raise SystemExit(f"erase failed: {status} {data[:200]}")
+
+            erase_rounds.append(timed(erase_once, 1))
+        results["erase, 1,000 orders"] = summarise(erase_rounds)
+
+        # Bulk upsert of 10,000 contacts: ten calls of 1,000.
+        bulk_rounds = []
+        for r in range(args.rounds):
+            session.refresh()
+            tag = f"{int(time.time())}-{r}"
+            t0 = time.perf_counter()
+            for call in range(10):
+                items = [
+                    {"first_name": "Bulk", "last_name": str(i), "email": f"bulk-{tag}-{call}-{i}@bulk.example"}
+                    for i in range(1000)
+                ]
+                status, _, data = request("POST", "/v1/contacts/batch", {"items": items}, token=session.access)
+                if status != 200:
+                    raise SystemExit(f"bulk failed: {status} {data[:200]}")
+            elapsed = time.perf_counter() - t0
+            bulk_rounds.append({"rps": 10000 / elapsed, "p50_ms": elapsed * 100, "p99_ms": elapsed * 100, "errors": 0})
+        out = summarise(bulk_rounds)
+        out["unit"] = "contacts/s; latency per call of 1,000"
+        results["bulk upsert 10,000 (contacts/s)"] = out
+
+        # Floors, side by side in the same run.
+        base = Baseline(db_url, jwk_x)
+        try:
+            session.refresh()
+            rounds = []
+            with RssSampler(base.proc.pid) as rss:
+                for _ in range(args.rounds):
+                    session.refresh()
+                    rounds.append(wrk(BASE_PORT, get, session.access, args))
+            out = summarise(rounds)
+            out["peak_rss_mb"] = rss.peak / 1e6
+            results["baseline: minimal actix-web + sqlx GET by id"] = out
+        finally:
+            base.stop()
+        if backend == "postgres":
+            session.refresh()
+            claims = json.loads(b64url(session.access.split(".")[1]))
+            sql = PGBENCH_SQL.format(tenant=demo, sid=claims["sid"])
+            results["floor: pgbench, the endpoint's SQL"] = summarise(
+                [pgbench(sql, demo_contacts, args, demo, claims["sid"], claims["sub"]) for _ in range(args.rounds)]
+            )
+    finally:
+        api.stop()
+    return {"scale": scale, "results": results}
+
+
+def table(report):
+    lines = []
+    for backend, data in report["backends"].items():
+        res = data["results"]
+        base = res.get("baseline: minimal actix-web + sqlx GET by id", {}).get("rps")
+        floor = res.get("floor: pgbench, the endpoint's SQL", {}).get("rps")
+        lines.append(f"\n{backend} ({data['scale']['contacts']:,} contacts, {data['scale']['orders']:,} orders)\n")
+        lines.append("| workload | req/s (median, min–max) | p50 ms | p99 ms | peak RSS MB | × minimal server | × pgbench |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for name, r in res.items():
+            ratio_b = f"{r['rps'] / base:.2f}" if base and name.startswith(("GET", "list")) else ""
+            ratio_f = f"{r['rps'] / floor:.2f}" if floor and name.startswith(("GET", "list")) else ""
+            rss = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else ""
+            p99 = f"{r['p99_ms']:.1f}" if r.get("p99_ms") is not None else ""
+            errors = f" ({r['errors']} errors)" if r.get("errors") else ""
+            lines.append(
+                f"| {name} | {r['rps']:.0f} ({r['rps_min']:.0f}–{r['rps_max']:.0f}){errors} | {r['p50_ms']:.1f} | {p99} | {rss} | {ratio_b} | {ratio_f} |"
+            )
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--db", choices=["postgres", "sqlite", "both"], default="both")
+    p.add_argument("--scale", choices=["full", "small"], default="full")
+    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=32)
+    args = p.parse_args()
+    os.makedirs(WORK, exist_ok=True)
+    for tool in ("wrk", "pgbench", "psql"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing (make bench installs wrk; pgbench and psql come with PostgreSQL)")
+    cpu = open("/proc/cpuinfo").read()
+    model = re.search(r"model name\s*:\s*(.+)", cpu)
+    report = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": model.group(1) if model else "unknown",
+            "cores": os.cpu_count(),
+            "load_generator": "wrk -t2 -c%d, %d s × %d rounds, same machine" % (args.connections, args.duration, args.rounds),
+        },
+        "backends": {},
+    }
+    for backend in (["postgres", "sqlite"] if args.db == "both" else [args.db]):
+        report["backends"][backend] = bench_backend(backend, args)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    with open(os.path.join(RESULTS, f"{stamp}.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    text = (
+        f"# Benchmark {report['started']}\n\nMachine: {report['machine']['cpu']}, {report['machine']['cores']} cores; "
+        f"load: {report['machine']['load_generator']}.\n" + table(report) + "\n"
+    )
+    with open(os.path.join(RESULTS, f"{stamp}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
