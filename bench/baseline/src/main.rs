@@ -15,6 +15,10 @@ use sea_orm::sqlx::{self, PgPool, Row, SqlitePool};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The same allocator as the `crm` binary, so the comparison is about the framework.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 enum Pool {
     Pg(PgPool),
     Sqlite(SqlitePool),

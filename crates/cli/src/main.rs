@@ -50,6 +50,11 @@ fn init_logging() {
         .init();
 }
 
+/// mimalloc returns freed memory to the system (Argon2id's 19 MiB per sign-in would otherwise
+/// stay resident per glibc arena) and allocates faster on the request path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
