@@ -209,7 +209,7 @@ pub fn verify_access_token(state: &AppState, token: &str) -> Result<TokenSubject
     }
 }
 
-fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+pub(crate) fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
     let missing = ApiError::Unauthenticated {
         code: "unauthenticated",
         detail: "this operation needs an access token: Authorization: Bearer <token>",

@@ -193,7 +193,7 @@ fn load_secret32(dir: &Path, file: &str, generate: bool) -> Result<[u8; 32], Key
         std::fs::create_dir_all(dir).map_err(|e| KeyError::Io(display.clone(), e))?;
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crm_domain::secrets::hex(&bytes);
         write_private(&path, hex.as_bytes()).map_err(|e| KeyError::Io(display.clone(), e))?;
         log::warn!("generated a development {file} in {display}");
     }
@@ -256,11 +256,7 @@ impl SecretBox {
             mac.update(&(p.len() as u64).to_be_bytes());
             mac.update(p);
         }
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crm_domain::secrets::hex(&mac.finalize().into_bytes())
     }
 
     /// base64(nonce || ciphertext).

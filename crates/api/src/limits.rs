@@ -28,10 +28,9 @@ use actix_web::web;
 use chrono::{DateTime, Duration, Utc};
 use crm_domain::idempotency::{self, Begin, Scope, Stored};
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::{TokenSubject, VerifiedToken, client_addr, verify_access_token};
+use crate::auth::{TokenSubject, VerifiedToken, bearer, client_addr, verify_access_token};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -75,23 +74,26 @@ fn window_start(now: DateTime<Utc>, window: Duration) -> DateTime<Utc> {
     DateTime::from_timestamp(start, 0).unwrap_or(now)
 }
 
-/// The stored key: a digest, so client addresses are not kept in the clear.
-fn digest_key(policy: &Policy, key: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(policy.name.as_bytes());
-    h.update(b"\0");
-    h.update(key.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+impl Counter {
+    fn new(window_start: DateTime<Utc>, shared: i64) -> Self {
+        Counter {
+            window_start,
+            shared,
+            unsynced: 0,
+            in_transit: 0,
+        }
+    }
 }
 
 impl RateLimiter {
-    /// Counts a request for `key` under `policy`, or refuses it. The first request for a key
-    /// in a window on this node reads what the other nodes have counted so far.
+    /// Counts a request for `key` (a keyed digest: client addresses are never stored in the
+    /// clear) under `policy`, or refuses it. The first request for a key in a window on this
+    /// node reads what the other nodes have counted so far.
     pub async fn check(
         &self,
         db: &crm_domain::db::Db,
         policy: Policy,
-        key: &str,
+        key: String,
         now: DateTime<Utc>,
     ) -> Decision {
         let start = window_start(now, policy.window);
@@ -99,7 +101,6 @@ impl RateLimiter {
         let reset = ((start + policy.window - now).num_milliseconds() + 999)
             .div_euclid(1000)
             .max(1) as u64;
-        let key = digest_key(&policy, key);
         let known = self
             .counters
             .lock()
@@ -132,20 +133,11 @@ impl RateLimiter {
             .counters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let fresh = Counter {
-            window_start: start,
-            shared: seed.unwrap_or(0),
-            unsynced: 0,
-            in_transit: 0,
-        };
-        let c = counters.entry(key).or_insert(fresh);
+        let c = counters
+            .entry(key)
+            .or_insert_with(|| Counter::new(start, seed.unwrap_or(0)));
         if c.window_start != start {
-            *c = Counter {
-                window_start: start,
-                shared: seed.unwrap_or(0),
-                unsynced: 0,
-                in_transit: 0,
-            };
+            *c = Counter::new(start, seed.unwrap_or(0));
         } else if let Some(seed) = seed {
             c.shared = c.shared.max(seed);
         }
@@ -256,13 +248,9 @@ fn verified(req: &ServiceRequest, state: &AppState) -> Option<TokenSubject> {
     if let Some(v) = req.extensions().get::<VerifiedToken>() {
         return v.0.clone();
     }
-    let subject = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .and_then(|(_, token)| verify_access_token(state, token.trim()).ok());
+    let subject = bearer(req.request())
+        .ok()
+        .and_then(|token| verify_access_token(state, &token).ok());
     req.extensions_mut().insert(VerifiedToken(subject.clone()));
     subject
 }
@@ -331,7 +319,14 @@ pub async fn rate_limit<B: MessageBody + 'static>(
     };
     let decision = state
         .rate_limiter
-        .check(&state.db, policy, &key, state.clock.now())
+        .check(
+            &state.db,
+            policy,
+            state
+                .secret_box
+                .fingerprint(&[name.as_bytes(), key.as_bytes()]),
+            state.clock.now(),
+        )
         .await;
     if !decision.allowed {
         let err = ApiError::status(

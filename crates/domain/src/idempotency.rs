@@ -99,12 +99,7 @@ pub async fn begin(
     };
     if existing.expires_at <= now {
         // Expired but not pruned yet: take it over as a new key.
-        let taken = take_over(db, scope, fingerprint, &existing, now).await?;
-        return Ok(if taken {
-            Begin::Proceed
-        } else {
-            Begin::InFlight
-        });
+        return take_over(db, scope, fingerprint, &existing, now).await;
     }
     match (existing.state.as_str(), existing.status, &existing.body_enc) {
         ("done", Some(status), Some(body_enc)) => {
@@ -118,12 +113,7 @@ pub async fn begin(
             }))
         }
         _ if existing.created_at <= now - ABANDONED_AFTER => {
-            let taken = take_over(db, scope, fingerprint, &existing, now).await?;
-            Ok(if taken {
-                Begin::Proceed
-            } else {
-                Begin::InFlight
-            })
+            take_over(db, scope, fingerprint, &existing, now).await
         }
         // Still running: the caller retries, whatever its body (a different body is refused
         // once the first has finished).
@@ -131,15 +121,15 @@ pub async fn begin(
     }
 }
 
-/// Restarts an expired or abandoned key for this request; false when another request did so
-/// first.
+/// Restarts an expired or abandoned key for this request (`Proceed`), or answers `InFlight`
+/// when another request did so first.
 async fn take_over(
     db: &DatabaseConnection,
     scope: &Scope,
     fingerprint: &str,
     seen: &idempotency_key::Model,
     now: DateTime<Utc>,
-) -> DomainResult<bool> {
+) -> DomainResult<Begin> {
     let res = idempotency_key::Entity::update_many()
         .col_expr(
             idempotency_key::Column::Fingerprint,
@@ -169,7 +159,11 @@ async fn take_over(
         .filter(idempotency_key::Column::State.eq(seen.state.clone()))
         .exec(db)
         .await?;
-    Ok(res.rows_affected == 1)
+    Ok(if res.rows_affected == 1 {
+        Begin::Proceed
+    } else {
+        Begin::InFlight
+    })
 }
 
 /// Stores the response of the request that claimed the key. `refs` are the ids the response

@@ -29,7 +29,7 @@ pub mod passwords;
 pub mod personal_data;
 pub mod rate_limits;
 pub mod retention;
-mod secrets;
+pub mod secrets;
 pub mod sessions;
 pub mod sso;
 pub mod sub_processors;

@@ -18,26 +18,20 @@ pub async fn add(
     let backend = db.get_database_backend();
     // One statement, atomic on both databases: insert, or add to the current window, or start
     // the newer window. An older window (a node behind) only reads.
-    let sql = match backend {
-        sea_orm::DbBackend::Postgres => {
-            "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, $3) \
-             ON CONFLICT (key) DO UPDATE SET \
-               count = CASE WHEN rate_limits.window_start = EXCLUDED.window_start THEN rate_limits.count + EXCLUDED.count \
-                            WHEN rate_limits.window_start < EXCLUDED.window_start THEN EXCLUDED.count \
-                            ELSE rate_limits.count END, \
-               window_start = GREATEST(rate_limits.window_start, EXCLUDED.window_start) \
-             RETURNING count, window_start"
-        }
-        _ => {
-            "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, $3) \
-             ON CONFLICT (key) DO UPDATE SET \
-               count = CASE WHEN rate_limits.window_start = excluded.window_start THEN rate_limits.count + excluded.count \
-                            WHEN rate_limits.window_start < excluded.window_start THEN excluded.count \
-                            ELSE rate_limits.count END, \
-               window_start = MAX(rate_limits.window_start, excluded.window_start) \
-             RETURNING count, window_start"
-        }
+    let greatest = match backend {
+        sea_orm::DbBackend::Postgres => "GREATEST",
+        _ => "MAX",
     };
+    let sql = format!(
+        "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, $3) \
+         ON CONFLICT (key) DO UPDATE SET \
+           count = CASE WHEN rate_limits.window_start = excluded.window_start \
+                        THEN rate_limits.count + excluded.count \
+                        WHEN rate_limits.window_start < excluded.window_start THEN excluded.count \
+                        ELSE rate_limits.count END, \
+           window_start = {greatest}(rate_limits.window_start, excluded.window_start) \
+         RETURNING count, window_start"
+    );
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
             backend,

@@ -7,7 +7,7 @@ use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 
 /// Lower-case hex of bytes.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
