@@ -128,6 +128,26 @@ pub async fn record(
     event: Event<'_>,
     now: DateTime<Utc>,
 ) -> DomainResult<()> {
+    record_many(db, tenant, actor, [event], now).await
+}
+
+/// Rows per multi-row insert: 13 values each, well under SQLite's and PostgreSQL's limits
+/// on bound parameters.
+const INSERT_CHUNK: usize = 1000;
+
+/// Appends several entries to the tenant's chain in order, with one read of the chain's end
+/// and multi-row inserts (bulk writes). Call inside the transaction of the changes.
+pub async fn record_many<'a>(
+    db: &impl ConnectionTrait,
+    tenant: TenantId,
+    actor: &Actor,
+    events: impl IntoIterator<Item = Event<'a>>,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    let mut events = events.into_iter().peekable();
+    if events.peek().is_none() {
+        return Ok(());
+    }
     lock_chain(db, tenant).await?;
     let last = audit_event::Entity::find()
         .filter(audit_event::Column::TenantId.eq(tenant.as_uuid()))
@@ -135,43 +155,54 @@ pub async fn record(
         .limit(1)
         .one(db)
         .await?;
-    let (seq, prev_hash) = match last {
-        Some(l) => (l.seq + 1, l.hash),
-        None => (1, GENESIS.to_owned()),
+    let (mut seq, mut prev_hash) = match last {
+        Some(l) => (l.seq, l.hash),
+        None => (0, GENESIS.to_owned()),
     };
-    let mut model = audit_event::Model {
-        id: Uuid::now_v7(),
-        tenant_id: tenant.as_uuid(),
-        seq,
-        occurred_at: now,
-        actor_id: actor.actor_id,
-        actor_kind: actor.kind.to_owned(),
-        action: event.action.to_owned(),
-        object_type: event.object_type.to_owned(),
-        object_id: event.object_id,
-        request_id: actor.request_id.clone(),
-        details: event.details,
-        prev_hash: prev_hash.clone(),
-        hash: String::new(),
-    };
-    model.hash = digest(&prev_hash, &model);
-    audit_event::Entity::insert(audit_event::ActiveModel {
-        id: Set(model.id),
-        tenant_id: Set(model.tenant_id),
-        seq: Set(model.seq),
-        occurred_at: Set(model.occurred_at),
-        actor_id: Set(model.actor_id),
-        actor_kind: Set(model.actor_kind),
-        action: Set(model.action),
-        object_type: Set(model.object_type),
-        object_id: Set(model.object_id),
-        request_id: Set(model.request_id),
-        details: Set(model.details),
-        prev_hash: Set(model.prev_hash),
-        hash: Set(model.hash),
-    })
-    .exec_without_returning(db)
-    .await?;
+    let mut rows = Vec::new();
+    for event in events {
+        seq += 1;
+        let mut model = audit_event::Model {
+            id: Uuid::now_v7(),
+            tenant_id: tenant.as_uuid(),
+            seq,
+            occurred_at: now,
+            actor_id: actor.actor_id,
+            actor_kind: actor.kind.to_owned(),
+            action: event.action.to_owned(),
+            object_type: event.object_type.to_owned(),
+            object_id: event.object_id,
+            request_id: actor.request_id.clone(),
+            details: event.details,
+            prev_hash: std::mem::take(&mut prev_hash),
+            hash: String::new(),
+        };
+        model.hash = digest(&model.prev_hash, &model);
+        prev_hash.clone_from(&model.hash);
+        rows.push(audit_event::ActiveModel {
+            id: Set(model.id),
+            tenant_id: Set(model.tenant_id),
+            seq: Set(model.seq),
+            occurred_at: Set(model.occurred_at),
+            actor_id: Set(model.actor_id),
+            actor_kind: Set(model.actor_kind),
+            action: Set(model.action),
+            object_type: Set(model.object_type),
+            object_id: Set(model.object_id),
+            request_id: Set(model.request_id),
+            details: Set(model.details),
+            prev_hash: Set(model.prev_hash),
+            hash: Set(model.hash),
+        });
+        if rows.len() == INSERT_CHUNK {
+            audit_event::Entity::insert_many(std::mem::take(&mut rows))
+                .exec_without_returning(db)
+                .await?;
+        }
+    }
+    audit_event::Entity::insert_many(rows)
+        .exec_without_returning(db)
+        .await?;
     Ok(())
 }
 

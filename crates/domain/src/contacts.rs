@@ -19,6 +19,8 @@ use crate::tenancy::Tenant;
 use crate::values::{EmailAddress, Patch};
 use crate::{check_version, conflict_on_unique, db};
 
+mod bulk;
+
 #[derive(Clone, Debug)]
 pub struct Contact {
     pub id: ContactId,
@@ -82,6 +84,24 @@ pub struct ContactChanges {
     pub job_title: Patch<String>,
 }
 
+impl ContactChanges {
+    /// The names of the fields the patch sets or clears (for the audit trail).
+    fn fields(&self) -> Vec<&'static str> {
+        [
+            ("company_id", self.company_id.is_absent()),
+            ("first_name", self.first_name.is_absent()),
+            ("last_name", self.last_name.is_absent()),
+            ("email", self.email.is_absent()),
+            ("phone", self.phone.is_absent()),
+            ("job_title", self.job_title.is_absent()),
+        ]
+        .into_iter()
+        .filter(|(_, absent)| !absent)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ContactFilter {
     pub email: Option<EmailAddress>,
@@ -103,16 +123,44 @@ async fn check_suppression(
         return Ok(None);
     }
     match &gate.override_reason {
-        Some(reason) => Ok(Some(
-            serde_json::json!({"suppression_overridden": true, "reason": reason}),
-        )),
-        None => Err(DomainError::Conflict {
-            code: "email_suppressed",
-            detail: "this address belongs to an erased person and is suppressed; \
-                     send suppression_override_reason to record why it may be stored again"
-                .into(),
-        }),
+        Some(reason) => Ok(Some(override_details(reason))),
+        None => Err(suppressed()),
     }
+}
+
+fn suppressed() -> DomainError {
+    DomainError::Conflict {
+        code: "email_suppressed",
+        detail: "this address belongs to an erased person and is suppressed; \
+                 send suppression_override_reason to record why it may be stored again"
+            .into(),
+    }
+}
+
+fn override_details(reason: &str) -> serde_json::Value {
+    serde_json::json!({"suppression_overridden": true, "reason": reason})
+}
+
+fn email_taken() -> DomainError {
+    DomainError::Conflict {
+        code: "email_taken",
+        detail: EMAIL_TAKEN.into(),
+    }
+}
+
+fn redacted() -> DomainError {
+    DomainError::Conflict {
+        code: "contact_redacted",
+        detail: "a redacted contact cannot be changed".into(),
+    }
+}
+
+fn unknown_company() -> DomainError {
+    DomainError::invalid(
+        "/company_id",
+        "unknown_company",
+        "no company with this id exists",
+    )
 }
 
 const EMAIL_TAKEN: &str = "a contact with this e-mail address exists already";
@@ -140,11 +188,7 @@ async fn check_company(
     if let Some(id) = id
         && !company_exists(db, tenant, id).await?
     {
-        return Err(DomainError::invalid(
-            "/company_id",
-            "unknown_company",
-            "no company with this id exists",
-        ));
+        return Err(unknown_company());
     }
     Ok(())
 }
@@ -360,24 +404,9 @@ async fn update_in(
     let current = get_contact(txn, tenant, id).await?;
     check_version(if_match, current.version)?;
     if current.redacted_at.is_some() {
-        return Err(DomainError::Conflict {
-            code: "contact_redacted",
-            detail: "a redacted contact cannot be changed".into(),
-        });
+        return Err(redacted());
     }
-    let mut changed: Vec<&str> = Vec::new();
-    for (name, absent) in [
-        ("company_id", changes.company_id.is_absent()),
-        ("first_name", changes.first_name.is_absent()),
-        ("last_name", changes.last_name.is_absent()),
-        ("email", changes.email.is_absent()),
-        ("phone", changes.phone.is_absent()),
-        ("job_title", changes.job_title.is_absent()),
-    ] {
-        if !absent {
-            changed.push(name);
-        }
-    }
+    let changed = changes.fields();
     let new_email = match &changes.email {
         Patch::Value(e) if current.email.as_deref() != Some(e.as_str()) => Some(e.clone()),
         _ => None,
@@ -562,6 +591,20 @@ pub(crate) async fn upsert_batch_in(
     now: DateTime<Utc>,
 ) -> DomainResult<Vec<ItemOutcome>> {
     use sea_orm::TransactionTrait;
+    // The set-based path answers almost every call; when the database disagrees with what it
+    // read (a row written concurrently, an e-mail handed between contacts in an order it
+    // cannot replay), it is rolled back and the items are applied one by one.
+    let sp = txn.begin().await?;
+    match bulk::upsert(&sp, tenant, &items, gate, actor, now).await? {
+        Some(out) => {
+            sp.commit().await?;
+            return Ok(out);
+        }
+        None => {
+            log::info!("bulk upsert: the database refused the set-based writes; one by one");
+            sp.rollback().await?;
+        }
+    }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let sp = txn.begin().await?;

@@ -52,56 +52,103 @@ pub async fn emit(
     e: NewEvent,
     now: DateTime<Utc>,
 ) -> DomainResult<Uuid> {
+    let ids = emit_many(db, tenant_id, vec![e], now).await?;
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| DomainError::Internal("no event written".into()))
+}
+
+/// Rows per multi-row insert (at most 13 values per row).
+const INSERT_CHUNK: usize = 1000;
+
+/// Writes events in order with their webhook deliveries, with one read of the feed's end and
+/// multi-row inserts (bulk writes). Call inside the transaction of the changes.
+pub async fn emit_many(
+    db: &impl ConnectionTrait,
+    tenant_id: TenantId,
+    events: Vec<NewEvent>,
+    now: DateTime<Utc>,
+) -> DomainResult<Vec<Uuid>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     audit::lock_chain(db, tenant_id).await?;
     let last = event::Entity::find()
+        .select_only()
+        .column(event::Column::Seq)
         .filter(event::Column::TenantId.eq(tenant_id.as_uuid()))
         .order_by_desc(event::Column::Seq)
         .limit(1)
+        .into_tuple::<i64>()
         .one(db)
         .await?;
-    let seq = last.map_or(1, |l| l.seq + 1);
-    let id = Uuid::now_v7();
-    event::Entity::insert(event::ActiveModel {
-        id: Set(id),
-        tenant_id: Set(tenant_id.as_uuid()),
-        seq: Set(seq),
-        event_type: Set(e.event_type.to_owned()),
-        object_type: Set(e.object_type.to_owned()),
-        object_id: Set(e.object_id),
-        subject_contact_id: Set(e.subject_contact_id),
-        payload: Set(e.payload.to_string()),
-        created_at: Set(now),
-    })
-    .exec_without_returning(db)
-    .await?;
+    let mut seq = last.unwrap_or(0);
     let endpoints = webhook_endpoint::Entity::find()
         .filter(webhook_endpoint::Column::TenantId.eq(tenant_id.as_uuid()))
         .filter(webhook_endpoint::Column::Active.eq(true))
         .all(db)
         .await?;
-    for ep in endpoints
-        .iter()
-        .filter(|ep| subscribes(&ep.event_types, e.event_type))
-    {
-        webhook_delivery::Entity::insert(webhook_delivery::ActiveModel {
-            id: Set(Uuid::now_v7()),
+    let mut ids = Vec::with_capacity(events.len());
+    let mut rows = Vec::new();
+    let mut deliveries = Vec::new();
+    for e in events {
+        seq += 1;
+        let id = Uuid::now_v7();
+        ids.push(id);
+        for ep in endpoints
+            .iter()
+            .filter(|ep| subscribes(&ep.event_types, e.event_type))
+        {
+            deliveries.push(webhook_delivery::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(tenant_id.as_uuid()),
+                endpoint_id: Set(ep.id),
+                event_id: Set(id),
+                status: Set("pending".into()),
+                attempts: Set(0),
+                next_attempt_at: Set(now),
+                locked_until: Set(None),
+                last_attempt_at: Set(None),
+                last_status: Set(None),
+                last_error: Set(None),
+                delivered_at: Set(None),
+                created_at: Set(now),
+            });
+        }
+        rows.push(event::ActiveModel {
+            id: Set(id),
             tenant_id: Set(tenant_id.as_uuid()),
-            endpoint_id: Set(ep.id),
-            event_id: Set(id),
-            status: Set("pending".into()),
-            attempts: Set(0),
-            next_attempt_at: Set(now),
-            locked_until: Set(None),
-            last_attempt_at: Set(None),
-            last_status: Set(None),
-            last_error: Set(None),
-            delivered_at: Set(None),
+            seq: Set(seq),
+            event_type: Set(e.event_type.to_owned()),
+            object_type: Set(e.object_type.to_owned()),
+            object_id: Set(e.object_id),
+            subject_contact_id: Set(e.subject_contact_id),
+            payload: Set(e.payload.to_string()),
             created_at: Set(now),
-        })
-        .exec_without_returning(db)
-        .await?;
+        });
     }
-    Ok(id)
+    // Events first: deliveries refer to them.
+    for chunk in chunks(rows) {
+        event::Entity::insert_many(chunk)
+            .exec_without_returning(db)
+            .await?;
+    }
+    for chunk in chunks(deliveries) {
+        webhook_delivery::Entity::insert_many(chunk)
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(ids)
+}
+
+fn chunks<T>(mut rows: Vec<T>) -> impl Iterator<Item = Vec<T>> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let rest = rows.split_off(rows.len().min(INSERT_CHUNK));
+        Some(std::mem::replace(&mut rows, rest))
+    })
 }
 
 /// Emits the same event to every active customer tenant (platform-wide changes).

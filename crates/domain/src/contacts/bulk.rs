@@ -1,0 +1,374 @@
+//! The set-based path of bulk upserts: what the items refer to is read with one query per
+//! kind (contacts by id or e-mail, companies, suppressed addresses), the items are applied in
+//! order in memory with the same rules and the same errors as the one-by-one path, and the
+//! result is written with multi-row statements (contacts, audit entries, events, webhook
+//! deliveries). An item sees the effect of the items before it, as one by one.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use uuid::Uuid;
+
+use super::{
+    BatchItem, Contact, ItemOutcome, SuppressionGate, email_taken, event_payload, identifiable,
+    override_details, redacted, suppressed, unknown_company,
+};
+use crate::audit::{self, Actor, Event};
+use crate::entities::{company, contact, suppression};
+use crate::error::{DomainError, DomainResult};
+use crate::ids::{CompanyId, ContactId};
+use crate::tenancy::Tenant;
+use crate::values::{EmailAddress, Patch};
+
+/// Rows per multi-row insert (13 values each).
+const INSERT_CHUNK: usize = 1000;
+
+/// What the batch reads before it applies anything.
+struct Known {
+    contacts: HashMap<Uuid, Contact>,
+    /// E-mail → contact, for every address an item names (kept current as items apply).
+    by_email: HashMap<String, Uuid>,
+    companies: HashSet<Uuid>,
+    /// Addresses (normalised) on the tenant's suppression list.
+    suppressed: HashSet<String>,
+}
+
+/// Applies the items; `None` when the database refused the writes (a concurrent change): the
+/// caller rolls back and applies the items one by one.
+pub(super) async fn upsert(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    items: &[BatchItem],
+    gate: &SuppressionGate<'_>,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> DomainResult<Option<Vec<ItemOutcome>>> {
+    let mut known = read(db, tenant, items, gate).await?;
+    // Contacts written, in the order items first touched them (an e-mail freed by one item
+    // can be taken by a later one).
+    let mut touched: Vec<Uuid> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    let mut audit_entries = Vec::new();
+    let mut events = Vec::new();
+    for item in items {
+        match apply(&mut known, item, gate, now) {
+            Ok((outcome, details)) => {
+                let (contact, action) = match &outcome {
+                    Applied::Created(c) => (c, "contact.created"),
+                    Applied::Updated(c) => (c, "contact.updated"),
+                };
+                let id = contact.id.as_uuid();
+                if seen.insert(id) {
+                    touched.push(id);
+                }
+                audit_entries.push(Event {
+                    action,
+                    object_type: "contact",
+                    object_id: Some(id),
+                    details,
+                });
+                events.push(crate::events::NewEvent {
+                    event_type: action,
+                    object_type: "contact",
+                    object_id: Some(id),
+                    subject_contact_id: Some(id),
+                    payload: event_payload(contact),
+                });
+                out.push(match outcome {
+                    Applied::Created(c) => ItemOutcome::Created(c),
+                    Applied::Updated(c) => ItemOutcome::Updated(c),
+                });
+            }
+            Err(e) => out.push(ItemOutcome::Failed(e)),
+        }
+    }
+    let rows: Vec<contact::ActiveModel> = touched
+        .iter()
+        .filter_map(|id| known.contacts.get(id))
+        .map(|c| row(tenant, c))
+        .collect();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
+        let n = chunk.len() as u64;
+        let written = contact::Entity::insert_many(chunk)
+            .on_conflict(
+                OnConflict::column(contact::Column::Id)
+                    .update_columns([
+                        contact::Column::CompanyId,
+                        contact::Column::FirstName,
+                        contact::Column::LastName,
+                        contact::Column::Email,
+                        contact::Column::Phone,
+                        contact::Column::JobTitle,
+                        contact::Column::UpdatedAt,
+                        contact::Column::Version,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await;
+        match written {
+            Ok(count) if count == n => {}
+            Ok(_) => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    audit::record_many(db, tenant.id(), actor, audit_entries, now).await?;
+    crate::events::emit_many(db, tenant.id(), events, now).await?;
+    Ok(Some(out))
+}
+
+async fn read(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    items: &[BatchItem],
+    gate: &SuppressionGate<'_>,
+) -> DomainResult<Known> {
+    let tenant_id = tenant.id().as_uuid();
+    let ids: Vec<Uuid> = items
+        .iter()
+        .filter_map(|i| i.id.map(ContactId::as_uuid))
+        .collect();
+    let emails: Vec<&EmailAddress> = {
+        let mut seen = HashSet::new();
+        items
+            .iter()
+            .filter_map(|i| match &i.fields.email {
+                Patch::Value(e) if seen.insert(e.as_str()) => Some(e),
+                _ => None,
+            })
+            .collect()
+    };
+    let company_ids: Vec<Uuid> = items
+        .iter()
+        .filter_map(|i| match i.fields.company_id {
+            Patch::Value(c) => Some(c.as_uuid()),
+            _ => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+
+    let mut contacts = HashMap::new();
+    if !ids.is_empty() || !emails.is_empty() {
+        let mut any = Condition::any();
+        if !ids.is_empty() {
+            any = any.add(contact::Column::Id.is_in(ids));
+        }
+        if !emails.is_empty() {
+            any = any.add(contact::Column::Email.is_in(emails.iter().map(|e| e.as_str())));
+        }
+        // Rows an item may change are locked (PostgreSQL; SQLite writers are serial).
+        let found = contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant_id))
+            .filter(any)
+            .lock_exclusive()
+            .all(db)
+            .await?;
+        for m in found {
+            contacts.insert(m.id, Contact::from(m));
+        }
+    }
+    let by_email = contacts
+        .values()
+        .filter_map(|c| c.email.clone().map(|e| (e, c.id.as_uuid())))
+        .collect();
+
+    let companies = if company_ids.is_empty() {
+        HashSet::new()
+    } else {
+        company::Entity::find()
+            .select_only()
+            .column(company::Column::Id)
+            .filter(company::Column::TenantId.eq(tenant_id))
+            .filter(company::Column::Id.is_in(company_ids))
+            .into_tuple::<Uuid>()
+            .all(db)
+            .await?
+            .into_iter()
+            .collect()
+    };
+
+    let mut suppressed = HashSet::new();
+    if !emails.is_empty() {
+        let digests: HashMap<String, &EmailAddress> = emails
+            .iter()
+            .map(|e| (gate.secret.digest(tenant.id(), e), *e))
+            .collect();
+        let hits = suppression::Entity::find()
+            .select_only()
+            .column(suppression::Column::EmailHmac)
+            .filter(suppression::Column::TenantId.eq(tenant_id))
+            .filter(suppression::Column::EmailHmac.is_in(digests.keys().cloned()))
+            .into_tuple::<String>()
+            .all(db)
+            .await?;
+        for h in hits {
+            if let Some(e) = digests.get(&h) {
+                suppressed.insert(e.as_str().to_owned());
+            }
+        }
+    }
+    Ok(Known {
+        contacts,
+        by_email,
+        companies,
+        suppressed,
+    })
+}
+
+enum Applied {
+    Created(Contact),
+    Updated(Contact),
+}
+
+/// One item, in memory, with the checks of the one-by-one path in its order. Returns the
+/// outcome and the audit details.
+fn apply(
+    known: &mut Known,
+    item: &BatchItem,
+    gate: &SuppressionGate<'_>,
+    now: DateTime<Utc>,
+) -> DomainResult<(Applied, Option<serde_json::Value>)> {
+    let f = &item.fields;
+    let existing = match (item.id, &f.email) {
+        (Some(id), _) => Some(id.as_uuid()),
+        (None, Patch::Value(e)) => known.by_email.get(e.as_str()).copied(),
+        _ => None,
+    };
+    let check_suppressed = |email: &EmailAddress| -> DomainResult<Option<serde_json::Value>> {
+        if !known.suppressed.contains(email.as_str()) {
+            return Ok(None);
+        }
+        match &gate.override_reason {
+            Some(reason) => Ok(Some(override_details(reason))),
+            None => Err(suppressed()),
+        }
+    };
+    let check_company = |company: &Patch<CompanyId>| match company {
+        Patch::Value(c) if !known.companies.contains(&c.as_uuid()) => Err(unknown_company()),
+        _ => Ok(()),
+    };
+    match existing {
+        Some(id) => {
+            let current = known
+                .contacts
+                .get(&id)
+                .ok_or(DomainError::NotFound("contact"))?;
+            if current.redacted_at.is_some() {
+                return Err(redacted());
+            }
+            let overridden = match &f.email {
+                Patch::Value(e) if current.email.as_deref() != Some(e.as_str()) => {
+                    check_suppressed(e)?
+                }
+                _ => None,
+            };
+            check_company(&f.company_id)?;
+            let mut next = current.clone();
+            next.first_name = f.first_name.clone().apply_to(next.first_name);
+            next.last_name = f.last_name.clone().apply_to(next.last_name);
+            next.email = f
+                .email
+                .clone()
+                .map(|e| e.as_str().to_owned())
+                .apply_to(next.email);
+            identifiable(&next.first_name, &next.last_name, &next.email)?;
+            if let Some(e) = &next.email
+                && known.by_email.get(e).is_some_and(|other| *other != id)
+            {
+                return Err(email_taken());
+            }
+            next.company_id = f.company_id.clone().apply_to(next.company_id);
+            next.phone = f.phone.clone().apply_to(next.phone);
+            next.job_title = f.job_title.clone().apply_to(next.job_title);
+            next.updated_at = now;
+            next.version += 1;
+            if next.email != current.email {
+                if let Some(old) = &current.email {
+                    known.by_email.remove(old);
+                }
+                if let Some(e) = &next.email {
+                    known.by_email.insert(e.clone(), id);
+                }
+            }
+            let mut details = serde_json::json!({"fields": f.fields()});
+            if let Some(o) = overridden {
+                details["suppression"] = o;
+            }
+            known.contacts.insert(id, next.clone());
+            Ok((Applied::Updated(next), Some(details)))
+        }
+        None => {
+            let email = f
+                .email
+                .clone()
+                .apply_to(None)
+                .map(|e| e.as_str().to_owned());
+            let first_name = f.first_name.clone().apply_to(None);
+            let last_name = f.last_name.clone().apply_to(None);
+            identifiable(&first_name, &last_name, &email)?;
+            check_company(&f.company_id)?;
+            let overridden = match &f.email {
+                Patch::Value(e) => check_suppressed(e)?,
+                _ => None,
+            };
+            if let Some(e) = &email
+                && known.by_email.contains_key(e)
+            {
+                return Err(email_taken());
+            }
+            let created = Contact {
+                id: ContactId::new(),
+                company_id: f.company_id.clone().apply_to(None),
+                first_name,
+                last_name,
+                email,
+                phone: f.phone.clone().apply_to(None),
+                job_title: f.job_title.clone().apply_to(None),
+                created_at: now,
+                updated_at: now,
+                version: 1,
+                legal_hold: false,
+                redacted_at: None,
+            };
+            let id = created.id.as_uuid();
+            if let Some(e) = &created.email {
+                known.by_email.insert(e.clone(), id);
+            }
+            known.contacts.insert(id, created.clone());
+            Ok((Applied::Created(created), overridden))
+        }
+    }
+}
+
+fn row(tenant: &Tenant, c: &Contact) -> contact::ActiveModel {
+    contact::ActiveModel {
+        id: Set(c.id.as_uuid()),
+        tenant_id: Set(tenant.id().as_uuid()),
+        company_id: Set(c.company_id.map(CompanyId::as_uuid)),
+        first_name: Set(c.first_name.clone()),
+        last_name: Set(c.last_name.clone()),
+        email: Set(c.email.clone()),
+        phone: Set(c.phone.clone()),
+        job_title: Set(c.job_title.clone()),
+        created_at: Set(c.created_at),
+        updated_at: Set(c.updated_at),
+        version: Set(c.version),
+        legal_hold: Set(c.legal_hold),
+        redacted_at: Set(c.redacted_at),
+    }
+}
