@@ -1,18 +1,28 @@
-//! The benchmark's floor for an authenticated lookup: actix-web, sqlx and jsonwebtoken with
-//! nothing else. `GET /v1/contacts/{id}` verifies the same EdDSA access token as the API
-//! (signature, issuer, audience, expiry), runs the same session check query and the same
-//! contact query, and answers the row as JSON. No error mapping, no middleware, no audit:
-//! what the API costs beyond this is the price of its framework.
+//! The benchmark's floor: actix-web, sqlx and jsonwebtoken with nothing else. Every route
+//! verifies the same EdDSA access token as the API (signature, issuer, audience, expiry) and
+//! runs the same session check query, then the same SQL as the API's endpoint:
+//!
+//! - `GET /v1/contacts/{id}`: the contact query; the row as JSON.
+//! - `GET /v1/contacts?limit=50&updated_since=…`: the list query (one row more than the page,
+//!   to know whether there is a next one); `{data, next_cursor}`.
+//! - `POST /v1/contacts`: one transaction with the API's statements — suppression lookup
+//!   (keyed digest), insert, the tenant's chain lock, the audit entry (hash-chained), the
+//!   event (next `seq`) and the webhook endpoints lookup.
+//!
+//! No validation beyond parsing, no error mapping, no middleware: what the API costs beyond
+//! this is the price of its framework and its checks.
 //!
 //! Environment: `BASELINE_DATABASE_URL` (postgres:// or sqlite:), `BASELINE_LISTEN`
 //! (127.0.0.1:port), `BASELINE_JWK_X` (the base64url Ed25519 public key of the API's JWKS),
 //! `BASELINE_ISSUER`, `BASELINE_AUDIENCE`, `BASELINE_WORKERS`.
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sea_orm::sqlx::{self, PgPool, Row, SqlitePool};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// The same allocator as the `crm` binary, so the comparison is about the framework.
@@ -26,6 +36,8 @@ enum Pool {
 
 struct State {
     pool: Pool,
+    /// Stands in for the API's suppression secret (same work; nothing is ever suppressed).
+    suppression_key: [u8; 32],
     key: DecodingKey,
     validation: Validation,
 }
@@ -56,51 +68,297 @@ struct Contact {
 const SESSION_SQL: &str = "SELECT sessions.user_id, sessions.auth_time, sessions.amr, sessions.expires_at, sessions.webauthn_at, users.role, tenants.kind, tenants.mfa_required FROM sessions INNER JOIN users ON users.tenant_id = sessions.tenant_id AND users.id = sessions.user_id INNER JOIN tenants ON tenants.id = sessions.tenant_id WHERE sessions.tenant_id = $1 AND sessions.id = $2 AND sessions.revoked_at IS NULL AND sessions.expires_at > $3 AND users.active = $4 AND tenants.active = $5";
 const CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at FROM contacts WHERE tenant_id = $1 AND id = $2 LIMIT 1";
 
-macro_rules! lookup {
-    ($pool:expr, $tid:expr, $sid:expr, $uid:expr, $id:expr) => {{
-        let session = sqlx::query(SESSION_SQL)
-            .bind($tid)
-            .bind($sid)
-            .bind(Utc::now())
-            .bind(true)
-            .bind(true)
-            .fetch_optional($pool)
-            .await
-            .ok()
-            .flatten();
-        match session {
-            Some(s) if s.try_get::<Uuid, _>("user_id").ok() == Some($uid) => {
-                sqlx::query(CONTACT_SQL)
-                    .bind($tid)
-                    .bind($id)
+const LIST_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at FROM contacts WHERE tenant_id = $1 AND updated_at >= $2 ORDER BY id ASC LIMIT $3";
+const SUPPRESSED_SQL: &str =
+    "SELECT tenant_id FROM suppressions WHERE tenant_id = $1 AND email_hmac = $2 LIMIT 1";
+const INSERT_SQL: &str = "INSERT INTO contacts (id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
+const LAST_AUDIT_SQL: &str =
+    "SELECT seq, hash FROM audit_events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1";
+const AUDIT_SQL: &str = "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, actor_id, actor_kind, action, object_type, object_id, request_id, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, 'user', 'contact.created', 'contact', $6, NULL, NULL, $7, $8)";
+const LAST_EVENT_SQL: &str =
+    "SELECT seq FROM events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1";
+const EVENT_SQL: &str = "INSERT INTO events (id, tenant_id, seq, event_type, object_type, object_id, subject_contact_id, payload, created_at) VALUES ($1, $2, $3, 'contact.created', 'contact', $4, $4, $5, $6)";
+const ENDPOINTS_SQL: &str =
+    "SELECT id, event_types FROM webhook_endpoints WHERE tenant_id = $1 AND active = $2";
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The caller's tenant and user once the token and the session check pass.
+macro_rules! authenticate {
+    ($req:expr, $state:expr, $pool:expr) => {{
+        match claims(&$req, &$state) {
+            None => None,
+            Some((tid, sid, uid)) => {
+                let session = sqlx::query(SESSION_SQL)
+                    .bind(tid)
+                    .bind(sid)
+                    .bind(Utc::now())
+                    .bind(true)
+                    .bind(true)
                     .fetch_optional($pool)
                     .await
                     .ok()
-                    .flatten()
-                    .and_then(|r| {
-                        Some(Contact {
-                            id: r.try_get("id").ok()?,
-                            company_id: r.try_get("company_id").ok()?,
-                            first_name: r.try_get("first_name").ok()?,
-                            last_name: r.try_get("last_name").ok()?,
-                            email: r.try_get("email").ok()?,
-                            phone: r.try_get("phone").ok()?,
-                            job_title: r.try_get("job_title").ok()?,
-                            created_at: r.try_get("created_at").ok()?,
-                            updated_at: r.try_get("updated_at").ok()?,
-                            version: r.try_get("version").ok()?,
-                            legal_hold: r.try_get("legal_hold").ok()?,
-                            redacted_at: r.try_get("redacted_at").ok()?,
-                        })
-                    })
-                    .map_or_else(
-                        || HttpResponse::NotFound().finish(),
-                        |c| HttpResponse::Ok().json(c),
-                    )
+                    .flatten();
+                match session {
+                    Some(s) if s.try_get::<Uuid, _>("user_id").ok() == Some(uid) => {
+                        Some((tid, uid))
+                    }
+                    _ => None,
+                }
             }
-            _ => HttpResponse::Unauthorized().finish(),
         }
     }};
+}
+
+macro_rules! contact_of {
+    ($r:expr) => {{
+        let r = $r;
+        (|| {
+            Some(Contact {
+                id: r.try_get("id").ok()?,
+                company_id: r.try_get("company_id").ok()?,
+                first_name: r.try_get("first_name").ok()?,
+                last_name: r.try_get("last_name").ok()?,
+                email: r.try_get("email").ok()?,
+                phone: r.try_get("phone").ok()?,
+                job_title: r.try_get("job_title").ok()?,
+                created_at: r.try_get("created_at").ok()?,
+                updated_at: r.try_get("updated_at").ok()?,
+                version: r.try_get("version").ok()?,
+                legal_hold: r.try_get("legal_hold").ok()?,
+                redacted_at: r.try_get("redacted_at").ok()?,
+            })
+        })()
+    }};
+}
+
+macro_rules! lookup {
+    ($req:expr, $state:expr, $pool:expr, $id:expr) => {{
+        let Some((tid, _)) = authenticate!($req, $state, $pool) else {
+            return HttpResponse::Unauthorized().finish();
+        };
+        sqlx::query(CONTACT_SQL)
+            .bind(tid)
+            .bind($id)
+            .fetch_optional($pool)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| contact_of!(r))
+            .map_or_else(
+                || HttpResponse::NotFound().finish(),
+                |c| HttpResponse::Ok().json(c),
+            )
+    }};
+}
+
+macro_rules! list {
+    ($req:expr, $state:expr, $pool:expr, $q:expr) => {{
+        let Some((tid, _)) = authenticate!($req, $state, $pool) else {
+            return HttpResponse::Unauthorized().finish();
+        };
+        let rows = sqlx::query(LIST_SQL)
+            .bind(tid)
+            .bind($q.updated_since)
+            .bind($q.limit + 1)
+            .fetch_all($pool)
+            .await;
+        let Ok(rows) = rows else {
+            return HttpResponse::InternalServerError().finish();
+        };
+        let mut data: Vec<Contact> = rows.iter().filter_map(|r| contact_of!(r)).collect();
+        let next_cursor = if data.len() as i64 > $q.limit {
+            data.truncate($q.limit as usize);
+            data.last().map(|c| c.id.simple().to_string())
+        } else {
+            None
+        };
+        HttpResponse::Ok().json(ContactList { data, next_cursor })
+    }};
+}
+
+macro_rules! create {
+    ($req:expr, $state:expr, $pool:expr, $tx:expr, $body:expr, $pg:expr) => {{
+        let Some((tid, uid)) = authenticate!($req, $state, $pool) else {
+            return HttpResponse::Unauthorized().finish();
+        };
+        let b = $body;
+        let email = b.email.map(|e| e.trim().to_lowercase());
+        let now = Utc::now();
+        let c = Contact {
+            id: Uuid::now_v7(),
+            company_id: b.company_id,
+            first_name: b.first_name,
+            last_name: b.last_name,
+            email,
+            phone: b.phone,
+            job_title: b.job_title,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            legal_hold: false,
+            redacted_at: None,
+        };
+        let result: Result<(), sqlx::Error> = async {
+            let mut tx = $tx.await?;
+            if let Some(e) = &c.email {
+                sqlx::query(SUPPRESSED_SQL)
+                    .bind(tid)
+                    .bind(digest_email(&$state.suppression_key, tid, e))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(INSERT_SQL)
+                .bind(c.id)
+                .bind(tid)
+                .bind(c.company_id)
+                .bind(&c.first_name)
+                .bind(&c.last_name)
+                .bind(&c.email)
+                .bind(&c.phone)
+                .bind(&c.job_title)
+                .bind(c.created_at)
+                .bind(c.updated_at)
+                .bind(c.version)
+                .bind(c.legal_hold)
+                .bind(c.redacted_at)
+                .execute(&mut *tx)
+                .await?;
+            if $pg {
+                sqlx::query(LOCK_SQL)
+                    .bind(lock_key(tid))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let last = sqlx::query(LAST_AUDIT_SQL)
+                .bind(tid)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let (seq, prev): (i64, String) = match last {
+                Some(r) => (r.try_get::<i64, _>("seq")? + 1, r.try_get("hash")?),
+                None => (1, GENESIS.to_owned()),
+            };
+            let audit_id = Uuid::now_v7();
+            let hash = chain_hash(&prev, audit_id, tid, seq, now, uid, c.id);
+            sqlx::query(AUDIT_SQL)
+                .bind(audit_id)
+                .bind(tid)
+                .bind(seq)
+                .bind(now)
+                .bind(uid)
+                .bind(c.id)
+                .bind(&prev)
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await?;
+            let last = sqlx::query(LAST_EVENT_SQL)
+                .bind(tid)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let seq = match last {
+                Some(r) => r.try_get::<i64, _>("seq")? + 1,
+                None => 1,
+            };
+            let payload = serde_json::to_string(&c).unwrap_or_default();
+            sqlx::query(EVENT_SQL)
+                .bind(Uuid::now_v7())
+                .bind(tid)
+                .bind(seq)
+                .bind(c.id)
+                .bind(payload)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(ENDPOINTS_SQL)
+                .bind(tid)
+                .bind(true)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => HttpResponse::Created()
+                .insert_header(("location", format!("/v1/contacts/{}", c.id)))
+                .json(c),
+            Err(e)
+                if e.as_database_error()
+                    .is_some_and(|d| d.is_unique_violation()) =>
+            {
+                HttpResponse::Conflict().finish()
+            }
+            Err(_) => HttpResponse::InternalServerError().finish(),
+        }
+    }};
+}
+
+/// The token's tenant, session and user, when the token verifies.
+fn claims(req: &HttpRequest, state: &State) -> Option<(Uuid, Uuid, Uuid)> {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    let data = jsonwebtoken::decode::<Claims>(token, &state.key, &state.validation).ok()?;
+    Some((
+        Uuid::parse_str(&data.claims.tid).ok()?,
+        Uuid::parse_str(&data.claims.sid).ok()?,
+        Uuid::parse_str(&data.claims.sub).ok()?,
+    ))
+}
+
+/// The API's keyed digest of an address: a per-tenant key derived from the secret.
+fn digest_email(secret: &[u8; 32], tenant: Uuid, email: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    mac.update(b"suppression-key:");
+    mac.update(tenant.as_bytes());
+    let key = mac.finalize().into_bytes();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap_or_else(|_| unreachable!());
+    mac.update(email.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lock_key(tenant: Uuid) -> i64 {
+    let bytes = tenant.into_bytes();
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&bytes[8..16]);
+    i64::from_be_bytes(key)
+}
+
+/// The API's audit chain digest: the previous hash and the entry's fields, length-prefixed.
+fn chain_hash(
+    prev: &str,
+    id: Uuid,
+    tenant: Uuid,
+    seq: i64,
+    at: DateTime<Utc>,
+    actor: Uuid,
+    object: Uuid,
+) -> String {
+    let fields = [
+        prev.to_owned(),
+        id.to_string(),
+        tenant.to_string(),
+        seq.to_string(),
+        at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        actor.to_string(),
+        "user".into(),
+        "contact.created".into(),
+        "contact".into(),
+        object.to_string(),
+        String::new(),
+        String::new(),
+    ];
+    let mut h = Sha256::new();
+    for f in fields {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f.as_bytes());
+    }
+    hex(&h.finalize())
 }
 
 async fn get_contact(
@@ -108,28 +366,56 @@ async fn get_contact(
     path: web::Path<Uuid>,
     state: web::Data<State>,
 ) -> HttpResponse {
-    let Some(token) = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return HttpResponse::Unauthorized().finish();
-    };
-    let Ok(data) = jsonwebtoken::decode::<Claims>(token, &state.key, &state.validation) else {
-        return HttpResponse::Unauthorized().finish();
-    };
-    let (Ok(tid), Ok(sid), Ok(uid)) = (
-        Uuid::parse_str(&data.claims.tid),
-        Uuid::parse_str(&data.claims.sid),
-        Uuid::parse_str(&data.claims.sub),
-    ) else {
-        return HttpResponse::Unauthorized().finish();
-    };
     let id = path.into_inner();
     match &state.pool {
-        Pool::Pg(p) => lookup!(p, tid, sid, uid, id),
-        Pool::Sqlite(p) => lookup!(p, tid, sid, uid, id),
+        Pool::Pg(p) => lookup!(req, state, p, id),
+        Pool::Sqlite(p) => lookup!(req, state, p, id),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: i64,
+    updated_since: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct ContactList {
+    data: Vec<Contact>,
+    next_cursor: Option<String>,
+}
+
+async fn list_contacts(
+    req: HttpRequest,
+    q: web::Query<ListQuery>,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let q = q.into_inner();
+    match &state.pool {
+        Pool::Pg(p) => list!(req, state, p, q),
+        Pool::Sqlite(p) => list!(req, state, p, q),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewContact {
+    company_id: Option<Uuid>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    job_title: Option<String>,
+}
+
+async fn create_contact(
+    req: HttpRequest,
+    body: web::Json<NewContact>,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let body = body.into_inner();
+    match &state.pool {
+        Pool::Pg(p) => create!(req, state, p, p.begin(), body, true),
+        Pool::Sqlite(p) => create!(req, state, p, p.begin_with("BEGIN IMMEDIATE"), body, false),
     }
 }
 
@@ -165,6 +451,7 @@ async fn main() -> std::io::Result<()> {
     let workers: usize = env("BASELINE_WORKERS").parse().unwrap_or(2);
     let state = web::Data::new(State {
         pool,
+        suppression_key: [7; 32],
         key,
         validation,
     });
@@ -172,6 +459,8 @@ async fn main() -> std::io::Result<()> {
         App::new()
             .app_data(state.clone())
             .route("/v1/contacts/{id}", web::get().to(get_contact))
+            .route("/v1/contacts", web::get().to(list_contacts))
+            .route("/v1/contacts", web::post().to(create_contact))
     })
     .workers(workers)
     .bind(env("BASELINE_LISTEN"))?

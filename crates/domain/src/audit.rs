@@ -104,8 +104,18 @@ fn digest(prev_hash: &str, m: &audit_event::Model) -> String {
     crate::secrets::hex(&h.finalize())
 }
 
+/// Proof that the transaction holds the tenant's chain lock (which also orders the tenant's
+/// change feed): appends that follow need not take it again.
+#[derive(Debug)]
+pub struct ChainLock {
+    pub(crate) tenant: TenantId,
+}
+
 /// Serialises appends per tenant on PostgreSQL (SQLite write transactions are serial already).
-pub(crate) async fn lock_chain(db: &impl ConnectionTrait, tenant: TenantId) -> DomainResult<()> {
+pub(crate) async fn lock_chain(
+    db: &impl ConnectionTrait,
+    tenant: TenantId,
+) -> DomainResult<ChainLock> {
     if db.get_database_backend() == DbBackend::Postgres {
         let bytes = tenant.as_uuid().into_bytes();
         let mut key = [0u8; 8];
@@ -117,7 +127,7 @@ pub(crate) async fn lock_chain(db: &impl ConnectionTrait, tenant: TenantId) -> D
         ))
         .await?;
     }
-    Ok(())
+    Ok(ChainLock { tenant })
 }
 
 /// Appends an entry to the tenant's chain. Call inside the transaction of the change.
@@ -127,7 +137,7 @@ pub async fn record(
     actor: &Actor,
     event: Event<'_>,
     now: DateTime<Utc>,
-) -> DomainResult<()> {
+) -> DomainResult<ChainLock> {
     record_many(db, tenant, actor, [event], now).await
 }
 
@@ -143,22 +153,22 @@ pub async fn record_many<'a>(
     actor: &Actor,
     events: impl IntoIterator<Item = Event<'a>>,
     now: DateTime<Utc>,
-) -> DomainResult<()> {
+) -> DomainResult<ChainLock> {
+    let lock = lock_chain(db, tenant).await?;
     let mut events = events.into_iter().peekable();
     if events.peek().is_none() {
-        return Ok(());
+        return Ok(lock);
     }
-    lock_chain(db, tenant).await?;
     let last = audit_event::Entity::find()
+        .select_only()
+        .columns([audit_event::Column::Seq, audit_event::Column::Hash])
         .filter(audit_event::Column::TenantId.eq(tenant.as_uuid()))
         .order_by_desc(audit_event::Column::Seq)
         .limit(1)
+        .into_tuple::<(i64, String)>()
         .one(db)
         .await?;
-    let (mut seq, mut prev_hash) = match last {
-        Some(l) => (l.seq, l.hash),
-        None => (0, GENESIS.to_owned()),
-    };
+    let (mut seq, mut prev_hash) = last.unwrap_or((0, GENESIS.to_owned()));
     let mut rows = Vec::new();
     for event in events {
         seq += 1;
@@ -203,7 +213,7 @@ pub async fn record_many<'a>(
     audit_event::Entity::insert_many(rows)
         .exec_without_returning(db)
         .await?;
-    Ok(())
+    Ok(lock)
 }
 
 fn to_record(m: audit_event::Model) -> AuditRecord {

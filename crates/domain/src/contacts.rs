@@ -111,6 +111,25 @@ pub struct ContactFilter {
     pub updated_since: Option<DateTime<Utc>>,
 }
 
+/// The row of a contact.
+fn row(tenant: &Tenant, c: &Contact) -> contact::ActiveModel {
+    contact::ActiveModel {
+        id: Set(c.id.as_uuid()),
+        tenant_id: Set(tenant.id().as_uuid()),
+        company_id: Set(c.company_id.map(CompanyId::as_uuid)),
+        first_name: Set(c.first_name.clone()),
+        last_name: Set(c.last_name.clone()),
+        email: Set(c.email.clone()),
+        phone: Set(c.phone.clone()),
+        job_title: Set(c.job_title.clone()),
+        created_at: Set(c.created_at),
+        updated_at: Set(c.updated_at),
+        version: Set(c.version),
+        legal_hold: Set(c.legal_hold),
+        redacted_at: Set(c.redacted_at),
+    }
+}
+
 /// Refuses a suppressed address unless overridden; returns the audit details of an override.
 async fn check_suppression(
     db: &impl ConnectionTrait,
@@ -209,27 +228,14 @@ pub fn event_payload(c: &Contact) -> serde_json::Value {
     })
 }
 
-async fn contact_event(
-    db: &impl ConnectionTrait,
-    tenant: &Tenant,
-    event_type: &'static str,
-    c: &Contact,
-    now: DateTime<Utc>,
-) -> DomainResult<()> {
-    crate::events::emit(
-        db,
-        tenant.id(),
-        crate::events::NewEvent {
-            event_type,
-            object_type: "contact",
-            object_id: Some(c.id.as_uuid()),
-            subject_contact_id: Some(c.id.as_uuid()),
-            payload: event_payload(c),
-        },
-        now,
-    )
-    .await?;
-    Ok(())
+fn contact_event(event_type: &'static str, c: &Contact) -> crate::events::NewEvent {
+    crate::events::NewEvent {
+        event_type,
+        object_type: "contact",
+        object_id: Some(c.id.as_uuid()),
+        subject_contact_id: Some(c.id.as_uuid()),
+        payload: event_payload(c),
+    }
 }
 
 pub async fn create_contact(
@@ -259,25 +265,27 @@ async fn create_in(
     check_company(txn, tenant, input.company_id).await?;
     let overridden = check_suppression(txn, tenant, input.email.as_ref(), gate).await?;
     let id = ContactId::new();
-    contact::Entity::insert(contact::ActiveModel {
-        id: Set(id.as_uuid()),
-        tenant_id: Set(tenant.id().as_uuid()),
-        company_id: Set(input.company_id.map(CompanyId::as_uuid)),
-        first_name: Set(input.first_name),
-        last_name: Set(input.last_name),
-        email: Set(email),
-        phone: Set(input.phone),
-        job_title: Set(input.job_title),
-        created_at: Set(now),
-        updated_at: Set(now),
-        version: Set(1),
-        legal_hold: Set(false),
-        redacted_at: Set(None),
-    })
-    .exec_without_returning(txn)
-    .await
-    .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
-    audit::record(
+    // What the row holds: the values written (timestamps come truncated to what the
+    // databases store).
+    let created = Contact {
+        id,
+        company_id: input.company_id,
+        first_name: input.first_name,
+        last_name: input.last_name,
+        email,
+        phone: input.phone,
+        job_title: input.job_title,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        legal_hold: false,
+        redacted_at: None,
+    };
+    contact::Entity::insert(row(tenant, &created))
+        .exec_without_returning(txn)
+        .await
+        .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
+    let lock = audit::record(
         txn,
         tenant.id(),
         actor,
@@ -290,8 +298,8 @@ async fn create_in(
         now,
     )
     .await?;
-    let created = get_contact(txn, tenant, id).await?;
-    contact_event(txn, tenant, "contact.created", &created, now).await?;
+    let event = contact_event("contact.created", &created);
+    crate::events::emit_locked(txn, &lock, vec![event], now).await?;
     Ok(created)
 }
 
@@ -415,32 +423,35 @@ async fn update_in(
     if let Patch::Value(company) = &changes.company_id {
         check_company(txn, tenant, Some(*company)).await?;
     }
-    let first_name = changes.first_name.apply_to(current.first_name);
-    let last_name = changes.last_name.apply_to(current.last_name);
     let email = match changes.email {
         Patch::Absent => current.email,
         Patch::Null => None,
         Patch::Value(e) => Some(e.as_str().to_owned()),
     };
-    identifiable(&first_name, &last_name, &email)?;
+    let version = current.version;
+    let updated = Contact {
+        company_id: changes.company_id.apply_to(current.company_id),
+        first_name: changes.first_name.apply_to(current.first_name),
+        last_name: changes.last_name.apply_to(current.last_name),
+        email,
+        phone: changes.phone.apply_to(current.phone),
+        job_title: changes.job_title.apply_to(current.job_title),
+        updated_at: now,
+        version: version + 1,
+        ..current
+    };
+    identifiable(&updated.first_name, &updated.last_name, &updated.email)?;
+    let mut set = row(tenant, &updated);
+    set.id = sea_orm::ActiveValue::NotSet;
+    set.tenant_id = sea_orm::ActiveValue::NotSet;
+    set.created_at = sea_orm::ActiveValue::NotSet;
+    set.legal_hold = sea_orm::ActiveValue::NotSet;
+    set.redacted_at = sea_orm::ActiveValue::NotSet;
     let result = contact::Entity::update_many()
-        .set(contact::ActiveModel {
-            company_id: Set(changes
-                .company_id
-                .apply_to(current.company_id)
-                .map(CompanyId::as_uuid)),
-            first_name: Set(first_name),
-            last_name: Set(last_name),
-            email: Set(email),
-            phone: Set(changes.phone.apply_to(current.phone)),
-            job_title: Set(changes.job_title.apply_to(current.job_title)),
-            updated_at: Set(now),
-            version: Set(current.version + 1),
-            ..Default::default()
-        })
+        .set(set)
         .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
         .filter(contact::Column::Id.eq(id.as_uuid()))
-        .filter(contact::Column::Version.eq(current.version))
+        .filter(contact::Column::Version.eq(version))
         .exec(txn)
         .await
         .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
@@ -449,7 +460,7 @@ async fn update_in(
     if let Some(o) = overridden {
         details["suppression"] = o;
     }
-    audit::record(
+    let lock = audit::record(
         txn,
         tenant.id(),
         actor,
@@ -462,8 +473,8 @@ async fn update_in(
         now,
     )
     .await?;
-    let updated = get_contact(txn, tenant, id).await?;
-    contact_event(txn, tenant, "contact.updated", &updated, now).await?;
+    let event = contact_event("contact.updated", &updated);
+    crate::events::emit_locked(txn, &lock, vec![event], now).await?;
     Ok(updated)
 }
 

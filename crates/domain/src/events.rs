@@ -69,10 +69,22 @@ pub async fn emit_many(
     events: Vec<NewEvent>,
     now: DateTime<Utc>,
 ) -> DomainResult<Vec<Uuid>> {
+    let lock = audit::lock_chain(db, tenant_id).await?;
+    emit_locked(db, &lock, events, now).await
+}
+
+/// [`emit_many`] in a transaction that holds the tenant's chain lock already (it has just
+/// written the changes' audit entries).
+pub(crate) async fn emit_locked(
+    db: &impl ConnectionTrait,
+    lock: &audit::ChainLock,
+    events: Vec<NewEvent>,
+    now: DateTime<Utc>,
+) -> DomainResult<Vec<Uuid>> {
+    let tenant_id = lock.tenant;
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    audit::lock_chain(db, tenant_id).await?;
     let last = event::Entity::find()
         .select_only()
         .column(event::Column::Seq)

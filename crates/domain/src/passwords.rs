@@ -238,8 +238,54 @@ fn hasher() -> Result<Argon2<'static>, DomainError> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
+/// Argon2 runs off the async workers, at most one hash per core at a time: a burst of
+/// sign-ins neither stalls the other requests of a worker nor multiplies the 19 MiB each hash
+/// holds while it runs.
+async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DomainError> {
+    static GATE: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    let gate = GATE.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    });
+    let _permit = gate
+        .acquire()
+        .await
+        .map_err(|_| DomainError::Internal("password hashing is shut down".into()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DomainError::Internal(format!("password hashing: {e}")))
+}
+
 /// Hashes a password into a PHC string (algorithm, parameters and salt included).
-pub fn hash_password(password: &Password) -> Result<String, DomainError> {
+pub async fn hash_password(password: &Password) -> Result<String, DomainError> {
+    let password = Password(password.0.clone());
+    off_workers(move || hash_now(&password)).await?
+}
+
+/// Verifies a password against a stored PHC string; the comparison is constant-time.
+pub async fn verify_password(password: &Password, phc: &str) -> bool {
+    let (password, phc) = (Password(password.0.clone()), phc.to_owned());
+    off_workers(move || verify_now(&password, &phc))
+        .await
+        .unwrap_or(false)
+}
+
+/// Spends the same work as a real verification, for accounts that do not exist.
+pub async fn dummy_verify(password: &Password) {
+    let password = Password(password.0.clone());
+    let _ = off_workers(move || {
+        static DUMMY: OnceLock<Option<String>> = OnceLock::new();
+        let dummy =
+            DUMMY.get_or_init(|| hash_now(&Password::unchecked("dummy-password-for-timing")).ok());
+        if let Some(phc) = dummy {
+            let _ = verify_now(&password, phc);
+        }
+    })
+    .await;
+}
+
+fn hash_now(password: &Password) -> Result<String, DomainError> {
     let salt = SaltString::generate(&mut OsRng);
     hasher()?
         .hash_password(password.expose().as_bytes(), &salt)
@@ -247,8 +293,7 @@ pub fn hash_password(password: &Password) -> Result<String, DomainError> {
         .map_err(|e| DomainError::Internal(format!("argon2 hash: {e}")))
 }
 
-/// Verifies a password against a stored PHC string; the comparison is constant-time.
-pub fn verify_password(password: &Password, phc: &str) -> bool {
+fn verify_now(password: &Password, phc: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };
@@ -258,16 +303,6 @@ pub fn verify_password(password: &Password, phc: &str) -> bool {
     argon
         .verify_password(password.expose().as_bytes(), &parsed)
         .is_ok()
-}
-
-/// Spends the same work as a real verification, for accounts that do not exist.
-pub fn dummy_verify(password: &Password) {
-    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
-    let dummy =
-        DUMMY.get_or_init(|| hash_password(&Password::unchecked("dummy-password-for-timing")).ok());
-    if let Some(phc) = dummy {
-        let _ = verify_password(password, phc);
-    }
 }
 
 #[cfg(test)]
@@ -303,19 +338,18 @@ mod tests {
         assert!(Password::parse("tangerine bicycle under the moon", &[]).is_ok());
     }
 
-    #[test]
-    fn hashes_verify_and_differ() -> Result<(), DomainError> {
+    #[tokio::test]
+    async fn hashes_verify_and_differ() -> Result<(), DomainError> {
         let pw = Password::parse("tangerine bicycle under the moon", &[])
             .map_err(|e| DomainError::Internal(e.detail))?;
-        let a = hash_password(&pw)?;
-        let b = hash_password(&pw)?;
+        let a = hash_password(&pw).await?;
+        let b = hash_password(&pw).await?;
         assert_ne!(a, b, "salted");
         assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(verify_password(&pw, &a));
-        assert!(!verify_password(
-            &Password::unchecked("tangerine bicycle under the sun"),
-            &a
-        ));
+        assert!(verify_password(&pw, &a).await);
+        assert!(
+            !verify_password(&Password::unchecked("tangerine bicycle under the sun"), &a).await
+        );
         Ok(())
     }
 }

@@ -215,9 +215,9 @@ pub async fn login(
     };
 
     let verified = match (&found, &credential) {
-        (Some(_), Some(cred)) => verify_password(&attempt.password, &cred.hash),
+        (Some(_), Some(cred)) => verify_password(&attempt.password, &cred.hash).await,
         _ => {
-            dummy_verify(&attempt.password);
+            dummy_verify(&attempt.password).await;
             false
         }
     };

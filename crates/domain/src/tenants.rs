@@ -89,7 +89,7 @@ pub async fn bootstrap_platform(
     password: &Password,
     now: DateTime<Utc>,
 ) -> DomainResult<Bootstrapped> {
-    let hash = hash_password(password)?;
+    let hash = hash_password(password).await?;
     let txn = db::begin_write(db).await?;
     if platform_admin_exists(&txn).await? {
         return Err(DomainError::Conflict {
@@ -190,7 +190,7 @@ pub async fn create_tenant(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<(TenantRecord, UserId)> {
-    let hash = hash_password(&input.admin_password)?;
+    let hash = hash_password(&input.admin_password).await?;
     let txn = db::begin_write(db).await?;
     let id = TenantId::new();
     let model = tenant::ActiveModel {

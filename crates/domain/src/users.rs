@@ -72,7 +72,7 @@ pub async fn create_user(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<User> {
-    let hash = hash_password(&input.password)?;
+    let hash = hash_password(&input.password).await?;
     let txn = db::begin_write(db).await?;
     let id = UserId::new();
     tenants::insert_user(
@@ -242,14 +242,14 @@ pub async fn change_own_password(
         .one(db)
         .await?
         .ok_or(DomainError::NotFound("user"))?;
-    if !verify_password(current, &cred.hash) {
+    if !verify_password(current, &cred.hash).await {
         return Err(DomainError::invalid(
             "/current_password",
             "wrong_password",
             "is not the current password",
         ));
     }
-    let hash = hash_password(new)?;
+    let hash = hash_password(new).await?;
     let txn = db::begin_write(db).await?;
     password_credential::Entity::update_many()
         .col_expr(password_credential::Column::Hash, Expr::value(hash))

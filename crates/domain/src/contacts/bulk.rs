@@ -7,14 +7,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
 use super::{
-    BatchItem, Contact, ItemOutcome, SuppressionGate, email_taken, event_payload, identifiable,
-    override_details, redacted, suppressed, unknown_company,
+    BatchItem, Contact, ItemOutcome, SuppressionGate, contact_event, email_taken, identifiable,
+    override_details, redacted, row, suppressed, unknown_company,
 };
 use crate::audit::{self, Actor, Event};
 use crate::entities::{company, contact, suppression};
@@ -34,6 +33,8 @@ struct Known {
     companies: HashSet<Uuid>,
     /// Addresses (normalised) on the tenant's suppression list.
     suppressed: HashSet<String>,
+    /// Contacts this batch creates.
+    created: HashSet<Uuid>,
 }
 
 /// Applies the items; `None` when the database refused the writes (a concurrent change): the
@@ -71,13 +72,7 @@ pub(super) async fn upsert(
                     object_id: Some(id),
                     details,
                 });
-                events.push(crate::events::NewEvent {
-                    event_type: action,
-                    object_type: "contact",
-                    object_id: Some(id),
-                    subject_contact_id: Some(id),
-                    payload: event_payload(contact),
-                });
+                events.push(contact_event(action, contact));
                 out.push(match outcome {
                     Applied::Created(c) => ItemOutcome::Created(c),
                     Applied::Updated(c) => ItemOutcome::Updated(c),
@@ -86,48 +81,48 @@ pub(super) async fn upsert(
             Err(e) => out.push(ItemOutcome::Failed(e)),
         }
     }
-    let rows: Vec<contact::ActiveModel> = touched
+    // Changed contacts first, in the order items touched them (an address one gives up can
+    // be taken by a later one or by a new contact), then the new ones with a plain insert.
+    let (new, changed): (Vec<&Contact>, Vec<&Contact>) = touched
         .iter()
         .filter_map(|id| known.contacts.get(id))
-        .map(|c| row(tenant, c))
-        .collect();
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
-        let n = chunk.len() as u64;
-        let written = contact::Entity::insert_many(chunk)
-            .on_conflict(
-                OnConflict::column(contact::Column::Id)
-                    .update_columns([
-                        contact::Column::CompanyId,
-                        contact::Column::FirstName,
-                        contact::Column::LastName,
-                        contact::Column::Email,
-                        contact::Column::Phone,
-                        contact::Column::JobTitle,
-                        contact::Column::UpdatedAt,
-                        contact::Column::Version,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(db)
-            .await;
-        match written {
-            Ok(count) if count == n => {}
-            Ok(_) => return Ok(None),
-            Err(e)
-                if matches!(
-                    e.sql_err(),
-                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-                ) =>
-            {
-                return Ok(None);
+        .partition(|c| known.created.contains(&c.id.as_uuid()));
+    for (rows, existing) in [(changed, true), (new, false)] {
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut insert = contact::Entity::insert_many(chunk.iter().map(|c| row(tenant, c)));
+            if existing {
+                insert = insert.on_conflict(
+                    OnConflict::column(contact::Column::Id)
+                        .update_columns([
+                            contact::Column::CompanyId,
+                            contact::Column::FirstName,
+                            contact::Column::LastName,
+                            contact::Column::Email,
+                            contact::Column::Phone,
+                            contact::Column::JobTitle,
+                            contact::Column::UpdatedAt,
+                            contact::Column::Version,
+                        ])
+                        .to_owned(),
+                );
             }
-            Err(e) => return Err(e.into()),
+            match insert.exec_without_returning(db).await {
+                Ok(count) if count == chunk.len() as u64 => {}
+                Ok(_) => return Ok(None),
+                Err(e)
+                    if matches!(
+                        e.sql_err(),
+                        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
-    audit::record_many(db, tenant.id(), actor, audit_entries, now).await?;
-    crate::events::emit_many(db, tenant.id(), events, now).await?;
+    let lock = audit::record_many(db, tenant.id(), actor, audit_entries, now).await?;
+    crate::events::emit_locked(db, &lock, events, now).await?;
     Ok(Some(out))
 }
 
@@ -227,6 +222,7 @@ async fn read(
         by_email,
         companies,
         suppressed,
+        created: HashSet::new(),
     })
 }
 
@@ -350,25 +346,8 @@ fn apply(
                 known.by_email.insert(e.clone(), id);
             }
             known.contacts.insert(id, created.clone());
+            known.created.insert(id);
             Ok((Applied::Created(created), overridden))
         }
-    }
-}
-
-fn row(tenant: &Tenant, c: &Contact) -> contact::ActiveModel {
-    contact::ActiveModel {
-        id: Set(c.id.as_uuid()),
-        tenant_id: Set(tenant.id().as_uuid()),
-        company_id: Set(c.company_id.map(CompanyId::as_uuid)),
-        first_name: Set(c.first_name.clone()),
-        last_name: Set(c.last_name.clone()),
-        email: Set(c.email.clone()),
-        phone: Set(c.phone.clone()),
-        job_title: Set(c.job_title.clone()),
-        created_at: Set(c.created_at),
-        updated_at: Set(c.updated_at),
-        version: Set(c.version),
-        legal_hold: Set(c.legal_hold),
-        redacted_at: Set(c.redacted_at),
     }
 }
