@@ -56,6 +56,11 @@ fn init_logging() {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Transparent huge pages make the allocator's sparse arenas resident 2 MiB at a time
+    // (measured with `make bench`: 51 MB idle with them, 32 MB without; sign-in bursts 107 →
+    // 89 MB). Off for this process; where the kernel refuses, nothing else changes.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
