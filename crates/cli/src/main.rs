@@ -50,7 +50,7 @@ fn init_logging() {
         .init();
 }
 
-/// mimalloc returns freed memory to the system (Argon2id's 19 MiB per sign-in would otherwise
+/// mimalloc returns freed memory to the system (Argon2id's 12 MiB per sign-in would otherwise
 /// stay resident per glibc arena) and allocates faster on the request path.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

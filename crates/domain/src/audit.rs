@@ -141,12 +141,8 @@ pub async fn record(
     record_many(db, tenant, actor, [event], now).await
 }
 
-/// Rows per multi-row insert: 13 values each, well under SQLite's and PostgreSQL's limits
-/// on bound parameters.
-const INSERT_CHUNK: usize = 1000;
-
 /// Appends several entries to the tenant's chain in order, with one read of the chain's end
-/// and multi-row inserts (bulk writes). Call inside the transaction of the changes.
+/// and one insert (bulk writes). Call inside the transaction of the changes.
 pub async fn record_many<'a>(
     db: &impl ConnectionTrait,
     tenant: TenantId,
@@ -204,15 +200,8 @@ pub async fn record_many<'a>(
             prev_hash: Set(model.prev_hash),
             hash: Set(model.hash),
         });
-        if rows.len() == INSERT_CHUNK {
-            audit_event::Entity::insert_many(std::mem::take(&mut rows))
-                .exec_without_returning(db)
-                .await?;
-        }
     }
-    audit_event::Entity::insert_many(rows)
-        .exec_without_returning(db)
-        .await?;
+    crate::db::insert_rows(db, rows, None).await?;
     Ok(lock)
 }
 

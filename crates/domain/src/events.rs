@@ -58,11 +58,8 @@ pub async fn emit(
         .ok_or_else(|| DomainError::Internal("no event written".into()))
 }
 
-/// Rows per multi-row insert (at most 13 values per row).
-const INSERT_CHUNK: usize = 1000;
-
 /// Writes events in order with their webhook deliveries, with one read of the feed's end and
-/// multi-row inserts (bulk writes). Call inside the transaction of the changes.
+/// one insert per table (bulk writes). Call inside the transaction of the changes.
 pub async fn emit_many(
     db: &impl ConnectionTrait,
     tenant_id: TenantId,
@@ -140,27 +137,9 @@ pub(crate) async fn emit_locked(
         });
     }
     // Events first: deliveries refer to them.
-    for chunk in chunks(rows) {
-        event::Entity::insert_many(chunk)
-            .exec_without_returning(db)
-            .await?;
-    }
-    for chunk in chunks(deliveries) {
-        webhook_delivery::Entity::insert_many(chunk)
-            .exec_without_returning(db)
-            .await?;
-    }
+    db::insert_rows(db, rows, None).await?;
+    db::insert_rows(db, deliveries, None).await?;
     Ok(ids)
-}
-
-fn chunks<T>(mut rows: Vec<T>) -> impl Iterator<Item = Vec<T>> {
-    std::iter::from_fn(move || {
-        if rows.is_empty() {
-            return None;
-        }
-        let rest = rows.split_off(rows.len().min(INSERT_CHUNK));
-        Some(std::mem::replace(&mut rows, rest))
-    })
 }
 
 /// Emits the same event to every active customer tenant (platform-wide changes).

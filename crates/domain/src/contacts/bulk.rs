@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
@@ -22,8 +21,20 @@ use crate::ids::{CompanyId, ContactId};
 use crate::tenancy::Tenant;
 use crate::values::{EmailAddress, Patch};
 
-/// Rows per multi-row insert (13 values each).
-const INSERT_CHUNK: usize = 1000;
+/// Changed contacts are written as upserts on their id.
+const UPDATE: crate::db::Upsert = crate::db::Upsert {
+    key: "id",
+    update: &[
+        "company_id",
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "job_title",
+        "updated_at",
+        "version",
+    ],
+};
 
 /// What the batch reads before it applies anything.
 struct Known {
@@ -87,38 +98,21 @@ pub(super) async fn upsert(
         .iter()
         .filter_map(|id| known.contacts.get(id))
         .partition(|c| known.created.contains(&c.id.as_uuid()));
-    for (rows, existing) in [(changed, true), (new, false)] {
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut insert = contact::Entity::insert_many(chunk.iter().map(|c| row(tenant, c)));
-            if existing {
-                insert = insert.on_conflict(
-                    OnConflict::column(contact::Column::Id)
-                        .update_columns([
-                            contact::Column::CompanyId,
-                            contact::Column::FirstName,
-                            contact::Column::LastName,
-                            contact::Column::Email,
-                            contact::Column::Phone,
-                            contact::Column::JobTitle,
-                            contact::Column::UpdatedAt,
-                            contact::Column::Version,
-                        ])
-                        .to_owned(),
-                );
+    for (rows, upsert) in [(changed, Some(&UPDATE)), (new, None)] {
+        let n = rows.len() as u64;
+        let models: Vec<contact::ActiveModel> = rows.into_iter().map(|c| row(tenant, c)).collect();
+        match crate::db::insert_rows(db, models, upsert).await {
+            Ok(count) if count == n => {}
+            Ok(_) => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                ) =>
+            {
+                return Ok(None);
             }
-            match insert.exec_without_returning(db).await {
-                Ok(count) if count == chunk.len() as u64 => {}
-                Ok(_) => return Ok(None),
-                Err(e)
-                    if matches!(
-                        e.sql_err(),
-                        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-                    ) =>
-                {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e.into()),
-            }
+            Err(e) => return Err(e.into()),
         }
     }
     let lock = audit::record_many(db, tenant.id(), actor, audit_entries, now).await?;
