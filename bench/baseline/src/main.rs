@@ -428,9 +428,18 @@ async fn main() -> std::io::Result<()> {
     let url = env("BASELINE_DATABASE_URL");
     let pool = if url.starts_with("sqlite:") {
         Pool::Sqlite(
+            // The API's connection settings (crm_domain::db::connect).
             sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(4)
-                .connect(&url)
+                .connect_with(
+                    url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                        .map_err(std::io::Error::other)?
+                        .foreign_keys(true)
+                        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                        .busy_timeout(std::time::Duration::from_secs(10))
+                        .pragma("secure_delete", "ON"),
+                )
                 .await
                 .map_err(std::io::Error::other)?,
         )

@@ -247,17 +247,37 @@ fn hasher() -> Result<Argon2<'static>, DomainError> {
 async fn off_workers<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, DomainError> {
-    static GATE: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    static GATE: OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = OnceLock::new();
     let gate = GATE.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        std::sync::Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ))
     });
-    let _permit = gate
-        .acquire()
+    // The permit travels with the work: a request dropped while its hash runs does not let
+    // another hash start beside it.
+    let permit = gate
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|_| DomainError::Internal("password hashing is shut down".into()))?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| DomainError::Internal(format!("password hashing: {e}")))
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|e| DomainError::Internal(format!("password hashing: {e}")))
+}
+
+/// Whether a stored hash was made with other parameters than today's (it is replaced at the
+/// next successful sign-in, so every account costs the same time to check as the dummy).
+pub fn outdated(phc: &str) -> bool {
+    let Ok(current) = hasher() else { return false };
+    PasswordHash::new(phc).is_ok_and(|parsed| {
+        let now = current.params();
+        Params::try_from(&parsed).map_or(true, |p| {
+            (p.m_cost(), p.t_cost(), p.p_cost()) != (now.m_cost(), now.t_cost(), now.p_cost())
+        }) || parsed.algorithm.as_str() != "argon2id"
+    })
 }
 
 /// Hashes a password into a PHC string (algorithm, parameters and salt included).
@@ -353,6 +373,21 @@ mod tests {
         assert!(
             !verify_password(&Password::unchecked("tangerine bicycle under the sun"), &a).await
         );
+        Ok(())
+    }
+
+    #[test]
+    fn hashes_with_other_parameters_are_outdated() -> Result<(), DomainError> {
+        let old_params =
+            Params::new(19_456, 2, 1, None).map_err(|e| DomainError::Internal(e.to_string()))?;
+        let old = Argon2::new(Algorithm::Argon2id, Version::V0x13, old_params)
+            .hash_password(b"tangerine bicycle", &SaltString::generate(&mut OsRng))
+            .map_err(|e| DomainError::Internal(e.to_string()))?
+            .to_string();
+        assert!(outdated(&old));
+        assert!(!outdated(&hash_now(&Password::unchecked(
+            "tangerine bicycle"
+        ))?));
         Ok(())
     }
 }

@@ -234,6 +234,22 @@ pub async fn login(
     auth_throttle::Entity::delete_by_id(account)
         .exec(db)
         .await?;
+    if let Some(cred) = credential
+        && crate::passwords::outdated(&cred.hash)
+    {
+        // Re-hashed with today's parameters while the password is at hand.
+        let hash = crate::passwords::hash_password(&attempt.password).await?;
+        password_credential::Entity::update_many()
+            .col_expr(
+                password_credential::Column::Hash,
+                sea_orm::sea_query::Expr::value(hash),
+            )
+            .filter(password_credential::Column::TenantId.eq(cred.tenant_id))
+            .filter(password_credential::Column::UserId.eq(cred.user_id))
+            .filter(password_credential::Column::Hash.eq(cred.hash))
+            .exec(db)
+            .await?;
+    }
     let tenant_id = TenantId::from_uuid(tenant_row.id);
     let user_id = UserId::from_uuid(user_row.id);
     first_factor_done(db, tenant_id, user_id, vec!["pwd".to_owned()], policy, now).await
