@@ -85,6 +85,25 @@ pub struct ContactChanges {
 }
 
 impl ContactChanges {
+    /// The contact after this patch: the next version, changed now.
+    fn applied_to(&self, current: Contact, now: DateTime<Utc>) -> Contact {
+        Contact {
+            company_id: self.company_id.clone().apply_to(current.company_id),
+            first_name: self.first_name.clone().apply_to(current.first_name),
+            last_name: self.last_name.clone().apply_to(current.last_name),
+            email: self
+                .email
+                .clone()
+                .map(|e| e.as_str().to_owned())
+                .apply_to(current.email),
+            phone: self.phone.clone().apply_to(current.phone),
+            job_title: self.job_title.clone().apply_to(current.job_title),
+            updated_at: now,
+            version: current.version + 1,
+            ..current
+        }
+    }
+
     /// The names of the fields the patch sets or clears (for the audit trail).
     fn fields(&self) -> Vec<&'static str> {
         [
@@ -138,26 +157,28 @@ async fn check_suppression(
     gate: &SuppressionGate<'_>,
 ) -> DomainResult<Option<serde_json::Value>> {
     let Some(email) = email else { return Ok(None) };
-    if !is_suppressed(db, gate.secret, tenant, email).await? {
-        return Ok(None);
-    }
-    match &gate.override_reason {
-        Some(reason) => Ok(Some(override_details(reason))),
-        None => Err(suppressed()),
-    }
+    gate.admit(is_suppressed(db, gate.secret, tenant, email).await?)
 }
 
-fn suppressed() -> DomainError {
-    DomainError::Conflict {
-        code: "email_suppressed",
-        detail: "this address belongs to an erased person and is suppressed; \
-                 send suppression_override_reason to record why it may be stored again"
-            .into(),
+impl SuppressionGate<'_> {
+    /// Lets an address through unless it is suppressed and not overridden; answers the audit
+    /// details of an override.
+    fn admit(&self, suppressed: bool) -> DomainResult<Option<serde_json::Value>> {
+        if !suppressed {
+            return Ok(None);
+        }
+        match &self.override_reason {
+            Some(reason) => Ok(Some(
+                serde_json::json!({"suppression_overridden": true, "reason": reason}),
+            )),
+            None => Err(DomainError::Conflict {
+                code: "email_suppressed",
+                detail: "this address belongs to an erased person and is suppressed; \
+                         send suppression_override_reason to record why it may be stored again"
+                    .into(),
+            }),
+        }
     }
-}
-
-fn override_details(reason: &str) -> serde_json::Value {
-    serde_json::json!({"suppression_overridden": true, "reason": reason})
 }
 
 fn email_taken() -> DomainError {
@@ -423,23 +444,8 @@ async fn update_in(
     if let Patch::Value(company) = &changes.company_id {
         check_company(txn, tenant, Some(*company)).await?;
     }
-    let email = match changes.email {
-        Patch::Absent => current.email,
-        Patch::Null => None,
-        Patch::Value(e) => Some(e.as_str().to_owned()),
-    };
     let version = current.version;
-    let updated = Contact {
-        company_id: changes.company_id.apply_to(current.company_id),
-        first_name: changes.first_name.apply_to(current.first_name),
-        last_name: changes.last_name.apply_to(current.last_name),
-        email,
-        phone: changes.phone.apply_to(current.phone),
-        job_title: changes.job_title.apply_to(current.job_title),
-        updated_at: now,
-        version: version + 1,
-        ..current
-    };
+    let updated = changes.applied_to(current, now);
     identifiable(&updated.first_name, &updated.last_name, &updated.email)?;
     let mut set = row(tenant, &updated);
     set.id = sea_orm::ActiveValue::NotSet;

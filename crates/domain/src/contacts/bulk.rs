@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     BatchItem, Contact, ItemOutcome, SuppressionGate, contact_event, email_taken, identifiable,
-    override_details, redacted, row, suppressed, unknown_company,
+    redacted, row, unknown_company,
 };
 use crate::audit::{self, Actor, Event};
 use crate::entities::{company, contact, suppression};
@@ -239,15 +239,8 @@ fn apply(
         (None, Patch::Value(e)) => known.by_email.get(e.as_str()).copied(),
         _ => None,
     };
-    let check_suppressed = |email: &EmailAddress| -> DomainResult<Option<serde_json::Value>> {
-        if !known.suppressed.contains(email.as_str()) {
-            return Ok(None);
-        }
-        match &gate.override_reason {
-            Some(reason) => Ok(Some(override_details(reason))),
-            None => Err(suppressed()),
-        }
-    };
+    let check_suppressed =
+        |email: &EmailAddress| gate.admit(known.suppressed.contains(email.as_str()));
     let check_company = |company: &Patch<CompanyId>| match company {
         Patch::Value(c) if !known.companies.contains(&c.as_uuid()) => Err(unknown_company()),
         _ => Ok(()),
@@ -268,25 +261,13 @@ fn apply(
                 _ => None,
             };
             check_company(&f.company_id)?;
-            let mut next = current.clone();
-            next.first_name = f.first_name.clone().apply_to(next.first_name);
-            next.last_name = f.last_name.clone().apply_to(next.last_name);
-            next.email = f
-                .email
-                .clone()
-                .map(|e| e.as_str().to_owned())
-                .apply_to(next.email);
+            let next = f.applied_to(current.clone(), now);
             identifiable(&next.first_name, &next.last_name, &next.email)?;
             if let Some(e) = &next.email
                 && known.by_email.get(e).is_some_and(|other| *other != id)
             {
                 return Err(email_taken());
             }
-            next.company_id = f.company_id.clone().apply_to(next.company_id);
-            next.phone = f.phone.clone().apply_to(next.phone);
-            next.job_title = f.job_title.clone().apply_to(next.job_title);
-            next.updated_at = now;
-            next.version += 1;
             if next.email != current.email {
                 if let Some(old) = &current.email {
                     known.by_email.remove(old);
