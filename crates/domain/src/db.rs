@@ -69,7 +69,7 @@ pub(crate) struct Upsert {
 /// third less time in the database this way. SQLite runs in-process: multi-row `VALUES`.
 pub(crate) async fn insert_rows<A>(
     db: &impl ConnectionTrait,
-    rows: Vec<A>,
+    mut rows: Vec<A>,
     upsert: Option<&Upsert>,
 ) -> Result<u64, DbErr>
 where
@@ -80,25 +80,10 @@ where
     if rows.is_empty() {
         return Ok(0);
     }
-    let columns: Vec<<A::Entity as EntityTrait>::Column> =
-        <A::Entity as EntityTrait>::Column::iter().collect();
-    let json_rows = (db.get_database_backend() == DbBackend::Postgres)
-        .then(|| {
-            rows.iter()
-                .map(|row| {
-                    columns
-                        .iter()
-                        .map(|c| {
-                            let value = row.get(*c).into_value()?;
-                            Some((c.as_str().to_owned(), json_of(&value)?))
-                        })
-                        .collect::<Option<serde_json::Map<_, _>>>()
-                        .map(serde_json::Value::Object)
-                })
-                .collect::<Option<Vec<_>>>()
-        })
-        .flatten();
-    if let Some(json_rows) = json_rows {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let columns: Vec<<A::Entity as EntityTrait>::Column> =
+            <A::Entity as EntityTrait>::Column::iter().collect();
+        let json = json_rows(&mut rows, &columns)?;
         let table = A::Entity::default().table_name().to_owned();
         let names: Vec<String> = columns
             .iter()
@@ -125,7 +110,7 @@ where
             .execute_raw(sea_orm::Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 sql,
-                [serde_json::Value::Array(json_rows).to_string().into()],
+                [json.into()],
             ))
             .await?;
         return Ok(result.rows_affected());
@@ -147,21 +132,82 @@ where
     Ok(written)
 }
 
-/// A column value as JSON for `json_populate_recordset`; `None` for a kind this does not
-/// map (the caller then writes with bound parameters).
-fn json_of(value: &sea_orm::Value) -> Option<serde_json::Value> {
+/// The rows as one JSON array of objects keyed by column name, for
+/// `json_populate_recordset`. The text is written directly (values are taken out of the rows,
+/// not cloned into intermediate maps): for a bulk write this is most of the client-side cost.
+fn json_rows<A: ActiveModelTrait>(
+    rows: &mut [A],
+    columns: &[<A::Entity as sea_orm::EntityTrait>::Column],
+) -> Result<String, DbErr> {
+    use sea_orm::IdenStatic;
+    let keys: Vec<String> = columns
+        .iter()
+        .map(|c| format!("\"{}\":", c.as_str()))
+        .collect();
+    let mut out: Vec<u8> = Vec::with_capacity(rows.len() * 64 * columns.len().max(1));
+    out.push(b'[');
+    for (i, row) in rows.iter_mut().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        for (j, (column, key)) in columns.iter().zip(&keys).enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key.as_bytes());
+            let value = row.take(*column).into_value().ok_or_else(|| {
+                DbErr::Custom(format!("bulk insert: column {} not set", column.as_str()))
+            })?;
+            write_json(&mut out, &value).map_err(|kind| {
+                DbErr::Custom(format!(
+                    "bulk insert: column {} has a kind JSON rows do not carry: {kind}",
+                    column.as_str()
+                ))
+            })?;
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    String::from_utf8(out).map_err(|e| DbErr::Custom(e.to_string()))
+}
+
+/// Writes one column value as JSON; the value's kind when it is one this does not map.
+fn write_json(out: &mut Vec<u8>, value: &sea_orm::Value) -> Result<(), String> {
     use sea_orm::Value as V;
-    use serde_json::Value as J;
-    Some(match value {
-        V::Bool(v) => v.map_or(J::Null, J::Bool),
-        V::Int(v) => v.map_or(J::Null, Into::into),
-        V::BigInt(v) => v.map_or(J::Null, Into::into),
-        V::String(v) => v.as_ref().map_or(J::Null, |s| J::String(s.clone())),
-        V::Json(v) => v.as_ref().map_or(J::Null, |j| (**j).clone()),
-        V::Uuid(v) => v.map_or(J::Null, |u| J::String(u.to_string())),
-        V::ChronoDateTimeUtc(v) => v.map_or(J::Null, |t| {
-            J::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        }),
-        _ => return None,
-    })
+    use std::io::Write as _;
+    let io = |e: std::io::Error| e.to_string();
+    match value {
+        V::Bool(Some(v)) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
+        V::Int(Some(v)) => write!(out, "{v}").map_err(io)?,
+        V::BigInt(Some(v)) => write!(out, "{v}").map_err(io)?,
+        V::String(Some(s)) => serde_json::to_writer(&mut *out, s).map_err(|e| e.to_string())?,
+        V::Json(Some(j)) => serde_json::to_writer(&mut *out, &**j).map_err(|e| e.to_string())?,
+        V::Uuid(Some(u)) => {
+            out.push(b'"');
+            out.extend_from_slice(
+                u.hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    .as_bytes(),
+            );
+            out.push(b'"');
+        }
+        V::ChronoDateTimeUtc(Some(t)) => {
+            out.push(b'"');
+            out.extend_from_slice(
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    .as_bytes(),
+            );
+            out.push(b'"');
+        }
+        V::Bool(None)
+        | V::Int(None)
+        | V::BigInt(None)
+        | V::String(None)
+        | V::Json(None)
+        | V::Uuid(None)
+        | V::ChronoDateTimeUtc(None) => out.extend_from_slice(b"null"),
+        other => return Err(format!("{other:?}")),
+    }
+    Ok(())
 }
