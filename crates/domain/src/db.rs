@@ -63,10 +63,12 @@ pub(crate) struct Upsert {
 }
 
 /// Inserts rows (every column set) and answers how many rows were written. On PostgreSQL the
-/// rows travel as one JSON value (`json_populate_recordset` with the table's own row type), so
-/// the statement's text is the same for any number of rows — prepared once per connection —
-/// and one value is bound instead of one per cell; a bulk write of 1,000 contacts spends a
-/// third less time in the database this way. SQLite runs in-process: multi-row `VALUES`.
+/// rows travel as one typed array per column (`unnest`), in the binary protocol: the
+/// statement's text is the same for any number of rows — prepared once per connection — and
+/// the database decodes arrays instead of parsing text (for 1,000 contacts a third of the
+/// statement's time went into parsing them as JSON). Array elements cannot be NULL over this
+/// binding, so each column also sends a mask of which rows are NULL. SQLite runs in-process:
+/// multi-row `VALUES`.
 pub(crate) async fn insert_rows<A>(
     db: &impl ConnectionTrait,
     mut rows: Vec<A>,
@@ -83,16 +85,32 @@ where
     if db.get_database_backend() == DbBackend::Postgres {
         let columns: Vec<<A::Entity as EntityTrait>::Column> =
             <A::Entity as EntityTrait>::Column::iter().collect();
-        let json = json_rows(&mut rows, &columns)?;
+        let (arrays, casts) = column_arrays(&mut rows, &columns)?;
         let table = A::Entity::default().table_name().to_owned();
         let names: Vec<String> = columns
             .iter()
             .map(|c| format!("\"{}\"", c.as_str()))
             .collect();
-        let names = names.join(", ");
+        // Column k travels as $2k+1 (values) and $2k+2 (NULL mask).
+        let selected: Vec<String> = casts
+            .iter()
+            .enumerate()
+            .map(|(k, cast)| format!("CASE WHEN n{k} THEN NULL ELSE v{k}{cast} END"))
+            .collect();
+        let unnested: Vec<String> = arrays
+            .iter()
+            .enumerate()
+            .map(|(k, (_, array_type))| {
+                format!("${}::{array_type}[], ${}::bool[]", 2 * k + 1, 2 * k + 2)
+            })
+            .collect();
+        let aliases: Vec<String> = (0..columns.len()).map(|k| format!("v{k}, n{k}")).collect();
         let mut sql = format!(
-            "INSERT INTO \"{table}\" ({names}) SELECT {names} \
-             FROM json_populate_recordset(NULL::\"{table}\", $1::json)"
+            "INSERT INTO \"{table}\" ({}) SELECT {} FROM unnest({}) AS u({})",
+            names.join(", "),
+            selected.join(", "),
+            unnested.join(", "),
+            aliases.join(", "),
         );
         if let Some(u) = upsert {
             let set: Vec<String> = u
@@ -106,11 +124,14 @@ where
                 set.join(", ")
             ));
         }
+        let values = arrays
+            .into_iter()
+            .flat_map(|((values, nulls), _)| [values, nulls]);
         let result = db
             .execute_raw(sea_orm::Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 sql,
-                [json.into()],
+                values,
             ))
             .await?;
         return Ok(result.rows_affected());
@@ -132,82 +153,94 @@ where
     Ok(written)
 }
 
-/// The rows as one JSON array of objects keyed by column name, for
-/// `json_populate_recordset`. The text is written directly (values are taken out of the rows,
-/// not cloned into intermediate maps): for a bulk write this is most of the client-side cost.
-fn json_rows<A: ActiveModelTrait>(
+/// One column's values as a typed array and its NULL mask, with the array's element type.
+type ColumnArray = ((sea_orm::Value, sea_orm::Value), &'static str);
+
+/// The rows' values column by column, taken out of the rows (not cloned), as typed arrays
+/// with NULL masks; and per column the cast from the array's element type to the column's
+/// (JSON travels as text).
+fn column_arrays<A: ActiveModelTrait>(
     rows: &mut [A],
     columns: &[<A::Entity as sea_orm::EntityTrait>::Column],
-) -> Result<String, DbErr> {
-    use sea_orm::IdenStatic;
-    let keys: Vec<String> = columns
-        .iter()
-        .map(|c| format!("\"{}\":", c.as_str()))
-        .collect();
-    let mut out: Vec<u8> = Vec::with_capacity(rows.len() * 64 * columns.len().max(1));
-    out.push(b'[');
-    for (i, row) in rows.iter_mut().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'{');
-        for (j, (column, key)) in columns.iter().zip(&keys).enumerate() {
-            if j > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(key.as_bytes());
+) -> Result<(Vec<ColumnArray>, Vec<&'static str>), DbErr> {
+    use sea_orm::sea_query::ArrayType as T;
+    use sea_orm::{ColumnTrait, ColumnType, IdenStatic, Value as V};
+    let mut arrays = Vec::with_capacity(columns.len());
+    let mut casts = Vec::with_capacity(columns.len());
+    for column in columns {
+        let mut values = Vec::with_capacity(rows.len());
+        let mut nulls = Vec::with_capacity(rows.len());
+        let mut kind: Option<(T, &'static str)> = None;
+        for row in rows.iter_mut() {
             let value = row.take(*column).into_value().ok_or_else(|| {
                 DbErr::Custom(format!("bulk insert: column {} not set", column.as_str()))
             })?;
-            write_json(&mut out, &value).map_err(|kind| {
-                DbErr::Custom(format!(
-                    "bulk insert: column {} has a kind JSON rows do not carry: {kind}",
-                    column.as_str()
-                ))
-            })?;
+            // A NULL travels as a placeholder of the column's kind, with its mask bit set.
+            let (element, null, this_kind) = match value {
+                V::Bool(v) => (
+                    V::Bool(Some(v.unwrap_or_default())),
+                    v.is_none(),
+                    (T::Bool, "bool"),
+                ),
+                V::Int(v) => (
+                    V::Int(Some(v.unwrap_or_default())),
+                    v.is_none(),
+                    (T::Int, "int4"),
+                ),
+                V::BigInt(v) => (
+                    V::BigInt(Some(v.unwrap_or_default())),
+                    v.is_none(),
+                    (T::BigInt, "int8"),
+                ),
+                V::String(v) => {
+                    let null = v.is_none();
+                    (
+                        V::String(Some(v.unwrap_or_default())),
+                        null,
+                        (T::String, "text"),
+                    )
+                }
+                V::Json(v) => {
+                    let null = v.is_none();
+                    let text = v.map(|j| j.to_string()).unwrap_or_default();
+                    (V::String(Some(text)), null, (T::String, "text"))
+                }
+                V::Uuid(v) => (
+                    V::Uuid(Some(v.unwrap_or_default())),
+                    v.is_none(),
+                    (T::Uuid, "uuid"),
+                ),
+                V::ChronoDateTimeUtc(v) => (
+                    V::ChronoDateTimeUtc(Some(v.unwrap_or_default())),
+                    v.is_none(),
+                    (T::ChronoDateTimeUtc, "timestamptz"),
+                ),
+                other => {
+                    return Err(DbErr::Custom(format!(
+                        "bulk insert: column {} has a kind arrays do not carry: {other:?}",
+                        column.as_str()
+                    )));
+                }
+            };
+            nulls.push(V::Bool(Some(null)));
+            values.push(element);
+            kind.get_or_insert(this_kind);
         }
-        out.push(b'}');
+        let Some((array_type, element_type)) = kind else {
+            return Err(DbErr::Custom("bulk insert: no rows".into()));
+        };
+        casts.push(match column.def().get_column_type() {
+            ColumnType::Json => "::json",
+            ColumnType::JsonBinary => "::jsonb",
+            _ => "",
+        });
+        arrays.push((
+            (
+                V::Array(array_type, Some(Box::new(values))),
+                V::Array(T::Bool, Some(Box::new(nulls))),
+            ),
+            element_type,
+        ));
     }
-    out.push(b']');
-    String::from_utf8(out).map_err(|e| DbErr::Custom(e.to_string()))
-}
-
-/// Writes one column value as JSON; the value's kind when it is one this does not map.
-fn write_json(out: &mut Vec<u8>, value: &sea_orm::Value) -> Result<(), String> {
-    use sea_orm::Value as V;
-    use std::io::Write as _;
-    let io = |e: std::io::Error| e.to_string();
-    match value {
-        V::Bool(Some(v)) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
-        V::Int(Some(v)) => write!(out, "{v}").map_err(io)?,
-        V::BigInt(Some(v)) => write!(out, "{v}").map_err(io)?,
-        V::String(Some(s)) => serde_json::to_writer(&mut *out, s).map_err(|e| e.to_string())?,
-        V::Json(Some(j)) => serde_json::to_writer(&mut *out, &**j).map_err(|e| e.to_string())?,
-        V::Uuid(Some(u)) => {
-            out.push(b'"');
-            out.extend_from_slice(
-                u.hyphenated()
-                    .encode_lower(&mut uuid::Uuid::encode_buffer())
-                    .as_bytes(),
-            );
-            out.push(b'"');
-        }
-        V::ChronoDateTimeUtc(Some(t)) => {
-            out.push(b'"');
-            out.extend_from_slice(
-                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                    .as_bytes(),
-            );
-            out.push(b'"');
-        }
-        V::Bool(None)
-        | V::Int(None)
-        | V::BigInt(None)
-        | V::String(None)
-        | V::Json(None)
-        | V::Uuid(None)
-        | V::ChronoDateTimeUtc(None) => out.extend_from_slice(b"null"),
-        other => return Err(format!("{other:?}")),
-    }
-    Ok(())
+    Ok((arrays, casts))
 }
