@@ -336,11 +336,56 @@ pub async fn get_contact(
             GET_CONTACT_SQL,
             [tenant.id().as_uuid().into(), id.as_uuid().into()],
         ))
+        .into_model::<ByPosition>()
         .one(db)
         .await?
-        .map(Contact::from)
+        .map(|r| Contact::from(r.0))
         .ok_or(DomainError::NotFound("contact"))
 }
+
+/// A contact row decoded by column position — the entity's column order, which is what
+/// `contact::Entity::find()` and [`GET_CONTACT_SQL`] select — instead of looking every value's
+/// column up by name (a visible share of a list page's CPU). The unit test below fails when
+/// the entity's columns change without this.
+struct ByPosition(contact::Model);
+
+impl sea_orm::FromQueryResult for ByPosition {
+    fn from_query_result(res: &sea_orm::QueryResult, _pre: &str) -> Result<Self, sea_orm::DbErr> {
+        Ok(ByPosition(contact::Model {
+            id: res.try_get_by_index(0)?,
+            tenant_id: res.try_get_by_index(1)?,
+            company_id: res.try_get_by_index(2)?,
+            first_name: res.try_get_by_index(3)?,
+            last_name: res.try_get_by_index(4)?,
+            email: res.try_get_by_index(5)?,
+            phone: res.try_get_by_index(6)?,
+            job_title: res.try_get_by_index(7)?,
+            created_at: res.try_get_by_index(8)?,
+            updated_at: res.try_get_by_index(9)?,
+            version: res.try_get_by_index(10)?,
+            legal_hold: res.try_get_by_index(11)?,
+            redacted_at: res.try_get_by_index(12)?,
+        }))
+    }
+}
+
+/// The columns [`ByPosition`] reads, in its order.
+#[cfg(test)]
+const POSITIONS: [&str; 13] = [
+    "id",
+    "tenant_id",
+    "company_id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "job_title",
+    "created_at",
+    "updated_at",
+    "version",
+    "legal_hold",
+    "redacted_at",
+];
 
 const GET_CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, \
     phone, job_title, created_at, updated_at, version, legal_hold, redacted_at \
@@ -397,7 +442,14 @@ pub async fn list_contacts(
                 .add(lower_like((contact::Entity, contact::Column::Email), text)),
         );
     }
-    let rows = q.limit(page.limit + 1).all(db).await?;
+    let rows: Vec<contact::Model> = q
+        .limit(page.limit + 1)
+        .into_model::<ByPosition>()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
     Ok(Page::from_rows(rows, page.limit, |r| r.id).map(Contact::from))
 }
 
@@ -682,5 +734,25 @@ async fn upsert_one(
                 .await
                 .map(ItemOutcome::Created)
         }
+    }
+}
+
+#[cfg(test)]
+mod position_tests {
+    use sea_orm::{IdenStatic, Iterable};
+
+    use super::POSITIONS;
+    use crate::entities::contact;
+
+    #[test]
+    fn rows_read_by_position_follow_the_entity_and_the_fixed_statement() {
+        let entity: Vec<&str> = contact::Column::iter().map(|c| c.as_str()).collect();
+        assert_eq!(entity, POSITIONS);
+        let selected = super::GET_CONTACT_SQL
+            .split(" FROM ")
+            .next()
+            .and_then(|s| s.strip_prefix("SELECT "))
+            .map(|s| s.split(", ").map(str::trim).collect::<Vec<_>>());
+        assert_eq!(selected.as_deref(), Some(&POSITIONS[..]));
     }
 }
