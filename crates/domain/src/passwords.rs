@@ -241,31 +241,54 @@ fn hasher() -> Result<Argon2<'static>, DomainError> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
-/// Argon2 runs off the async workers, at most one hash per core at a time: a burst of
-/// sign-ins neither stalls the other requests of a worker nor multiplies the 12 MiB each hash
-/// holds while it runs.
+/// Argon2 runs off the async workers on its own threads, one per core: a burst of sign-ins
+/// neither stalls the other requests of a worker nor holds more than one 12 MiB block per
+/// core. The threads are long-lived, so each reuses its block's memory from one hash to the
+/// next (on tokio's blocking pool every new thread kept its own copy, and a burst's peak
+/// memory depended on how many threads the pool happened to start).
 async fn off_workers<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, DomainError> {
-    static GATE: OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = OnceLock::new();
-    let gate = GATE.get_or_init(|| {
-        std::sync::Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        ))
+    type Job = Box<dyn FnOnce() + Send>;
+    static POOL: OnceLock<std::sync::mpsc::Sender<Job>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for n in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                log::error!("could not start a password hashing thread: {e}");
+            }
+        }
+        tx
     });
-    // The permit travels with the work: a request dropped while its hash runs does not let
-    // another hash start beside it.
-    let permit = gate
-        .clone()
-        .acquire_owned()
-        .await
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        // A request that went away while its job waited costs nothing more.
+        if !reply.is_closed() {
+            let _ = reply.send(work());
+        }
+    });
+    pool.send(job)
         .map_err(|_| DomainError::Internal("password hashing is shut down".into()))?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        work()
-    })
-    .await
-    .map_err(|e| DomainError::Internal(format!("password hashing: {e}")))
+    answer
+        .await
+        .map_err(|_| DomainError::Internal("password hashing stopped".into()))
 }
 
 /// Whether a stored hash was made with other parameters than today's (it is replaced at the
