@@ -68,7 +68,7 @@ pub(crate) struct Upsert {
 /// the database decodes arrays instead of parsing text (for 1,000 contacts a third of the
 /// statement's time went into parsing them as JSON). Array elements cannot be NULL over this
 /// binding, so each column also sends a mask of which rows are NULL. SQLite runs in-process:
-/// multi-row `VALUES`.
+/// multi-row `VALUES`; so does a single row on PostgreSQL.
 pub(crate) async fn insert_rows<A>(
     db: &impl ConnectionTrait,
     mut rows: Vec<A>,
@@ -82,7 +82,8 @@ where
     if rows.is_empty() {
         return Ok(0);
     }
-    if db.get_database_backend() == DbBackend::Postgres {
+    // One row (every single write's audit entry and event) goes as a plain `VALUES` insert.
+    if db.get_database_backend() == DbBackend::Postgres && rows.len() > 1 {
         let columns: Vec<<A::Entity as EntityTrait>::Column> =
             <A::Entity as EntityTrait>::Column::iter().collect();
         let (arrays, casts) = column_arrays(&mut rows, &columns)?;
