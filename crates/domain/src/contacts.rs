@@ -345,47 +345,31 @@ pub async fn get_contact(
 
 /// A contact row decoded by column position — the entity's column order, which is what
 /// `contact::Entity::find()` and [`GET_CONTACT_SQL`] select — instead of looking every value's
-/// column up by name (a visible share of a list page's CPU). The unit test below fails when
-/// the entity's columns change without this.
+/// column up by name (a visible share of a list page's CPU). The positions are the entity's
+/// own (`Column` follows the model's field order); the unit test below checks the fixed
+/// statement selects in that order.
 struct ByPosition(contact::Model);
 
 impl sea_orm::FromQueryResult for ByPosition {
     fn from_query_result(res: &sea_orm::QueryResult, _pre: &str) -> Result<Self, sea_orm::DbErr> {
+        use contact::Column as C;
         Ok(ByPosition(contact::Model {
-            id: res.try_get_by_index(0)?,
-            tenant_id: res.try_get_by_index(1)?,
-            company_id: res.try_get_by_index(2)?,
-            first_name: res.try_get_by_index(3)?,
-            last_name: res.try_get_by_index(4)?,
-            email: res.try_get_by_index(5)?,
-            phone: res.try_get_by_index(6)?,
-            job_title: res.try_get_by_index(7)?,
-            created_at: res.try_get_by_index(8)?,
-            updated_at: res.try_get_by_index(9)?,
-            version: res.try_get_by_index(10)?,
-            legal_hold: res.try_get_by_index(11)?,
-            redacted_at: res.try_get_by_index(12)?,
+            id: res.try_get_by_index(C::Id as usize)?,
+            tenant_id: res.try_get_by_index(C::TenantId as usize)?,
+            company_id: res.try_get_by_index(C::CompanyId as usize)?,
+            first_name: res.try_get_by_index(C::FirstName as usize)?,
+            last_name: res.try_get_by_index(C::LastName as usize)?,
+            email: res.try_get_by_index(C::Email as usize)?,
+            phone: res.try_get_by_index(C::Phone as usize)?,
+            job_title: res.try_get_by_index(C::JobTitle as usize)?,
+            created_at: res.try_get_by_index(C::CreatedAt as usize)?,
+            updated_at: res.try_get_by_index(C::UpdatedAt as usize)?,
+            version: res.try_get_by_index(C::Version as usize)?,
+            legal_hold: res.try_get_by_index(C::LegalHold as usize)?,
+            redacted_at: res.try_get_by_index(C::RedactedAt as usize)?,
         }))
     }
 }
-
-/// The columns [`ByPosition`] reads, in its order.
-#[cfg(test)]
-const POSITIONS: [&str; 13] = [
-    "id",
-    "tenant_id",
-    "company_id",
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "job_title",
-    "created_at",
-    "updated_at",
-    "version",
-    "legal_hold",
-    "redacted_at",
-];
 
 const GET_CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, \
     phone, job_title, created_at, updated_at, version, legal_hold, redacted_at \
@@ -741,18 +725,20 @@ async fn upsert_one(
 mod position_tests {
     use sea_orm::{IdenStatic, Iterable};
 
-    use super::POSITIONS;
     use crate::entities::contact;
 
     #[test]
     fn rows_read_by_position_follow_the_entity_and_the_fixed_statement() {
+        // A column's position is its place in the entity, as selects list them.
+        for (k, c) in contact::Column::iter().enumerate() {
+            assert_eq!(c as usize, k, "{}", c.as_str());
+        }
         let entity: Vec<&str> = contact::Column::iter().map(|c| c.as_str()).collect();
-        assert_eq!(entity, POSITIONS);
         let selected = super::GET_CONTACT_SQL
             .split(" FROM ")
             .next()
             .and_then(|s| s.strip_prefix("SELECT "))
             .map(|s| s.split(", ").map(str::trim).collect::<Vec<_>>());
-        assert_eq!(selected.as_deref(), Some(&POSITIONS[..]));
+        assert_eq!(selected, Some(entity));
     }
 }

@@ -177,45 +177,28 @@ fn column_arrays<A: ActiveModelTrait>(
                 DbErr::Custom(format!("bulk insert: column {} not set", column.as_str()))
             })?;
             // A NULL travels as a placeholder of the column's kind, with its mask bit set.
-            let (element, null, this_kind) = match value {
-                V::Bool(v) => (
-                    V::Bool(Some(v.unwrap_or_default())),
-                    v.is_none(),
-                    (T::Bool, "bool"),
-                ),
-                V::Int(v) => (
-                    V::Int(Some(v.unwrap_or_default())),
-                    v.is_none(),
-                    (T::Int, "int4"),
-                ),
-                V::BigInt(v) => (
-                    V::BigInt(Some(v.unwrap_or_default())),
-                    v.is_none(),
-                    (T::BigInt, "int8"),
-                ),
-                V::String(v) => {
-                    let null = v.is_none();
+            macro_rules! element {
+                ($variant:ident, $pg:literal, $v:ident) => {{
+                    let null = $v.is_none();
                     (
-                        V::String(Some(v.unwrap_or_default())),
+                        V::$variant(Some($v.unwrap_or_default())),
                         null,
-                        (T::String, "text"),
+                        (T::$variant, $pg),
                     )
-                }
+                }};
+            }
+            let (element, null, this_kind) = match value {
+                V::Bool(v) => element!(Bool, "bool", v),
+                V::Int(v) => element!(Int, "int4", v),
+                V::BigInt(v) => element!(BigInt, "int8", v),
+                V::String(v) => element!(String, "text", v),
+                V::Uuid(v) => element!(Uuid, "uuid", v),
+                V::ChronoDateTimeUtc(v) => element!(ChronoDateTimeUtc, "timestamptz", v),
                 V::Json(v) => {
                     let null = v.is_none();
                     let text = v.map(|j| j.to_string()).unwrap_or_default();
                     (V::String(Some(text)), null, (T::String, "text"))
                 }
-                V::Uuid(v) => (
-                    V::Uuid(Some(v.unwrap_or_default())),
-                    v.is_none(),
-                    (T::Uuid, "uuid"),
-                ),
-                V::ChronoDateTimeUtc(v) => (
-                    V::ChronoDateTimeUtc(Some(v.unwrap_or_default())),
-                    v.is_none(),
-                    (T::ChronoDateTimeUtc, "timestamptz"),
-                ),
                 other => {
                     return Err(DbErr::Custom(format!(
                         "bulk insert: column {} has a kind arrays do not carry: {other:?}",
