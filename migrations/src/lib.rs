@@ -16,6 +16,7 @@ mod m20261201_000007_breaches;
 mod m20261201_000008_imports;
 mod m20261201_000009_job_runs;
 mod m20261201_000010_request_limits;
+mod m20261201_000011_sealed_personal_data;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000008_imports::Migration),
             Box::new(m20261201_000009_job_runs::Migration),
             Box::new(m20261201_000010_request_limits::Migration),
+            Box::new(m20261201_000011_sealed_personal_data::Migration),
         ]
     }
 }

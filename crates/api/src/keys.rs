@@ -211,6 +211,63 @@ fn load_secret32(dir: &Path, file: &str, generate: bool) -> Result<[u8; 32], Key
         .ok_or_else(|| KeyError::Format(path.display().to_string()))
 }
 
+/// Loads the keys of personal data: the key-encryption keys `<key dir>/data-<n>.kek` (64 hex
+/// characters each; the highest `n` wraps new data keys, every one opens what it wrapped) and
+/// the suppression secret, which keys the blind indexes. In development a first KEK is
+/// generated. Losing a KEK loses every contact whose data key it wrapped.
+pub fn load_vault(dir: &Path, generate: bool) -> Result<crm_domain::vault::Vault, KeyError> {
+    let mut ids = list_keks(dir)?;
+    if ids.is_empty() {
+        load_secret32(dir, &kek_file(1), generate)?;
+        ids = list_keks(dir)?;
+    }
+    let mut keks = Vec::with_capacity(ids.len());
+    for id in ids {
+        keks.push((id, load_secret32(dir, &kek_file(id), false)?));
+    }
+    let index = load_suppression_secret(dir, generate)?;
+    crm_domain::vault::Vault::new(keks, index)
+        .map_err(|e| KeyError::Format(format!("{}: {e}", dir.display())))
+}
+
+/// Writes a new key-encryption key (the next number) and answers its id; it wraps new data
+/// keys from the next start, and `crm keys rotate-data-key` re-wraps the existing ones.
+pub fn generate_kek(dir: &Path) -> Result<u16, KeyError> {
+    let next = list_keks(dir)?.last().copied().unwrap_or(0) + 1;
+    load_secret32(dir, &kek_file(next), true)?;
+    Ok(next)
+}
+
+fn kek_file(id: u16) -> String {
+    format!("data-{id}.kek")
+}
+
+/// The ids of the key-encryption keys in `dir`, ascending.
+pub fn list_keks(dir: &Path) -> Result<Vec<u16>, KeyError> {
+    let display = dir.display().to_string();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(KeyError::Io(display, e)),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| KeyError::Io(display.clone(), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name
+            .strip_prefix("data-")
+            .and_then(|n| n.strip_suffix(".kek"))
+        {
+            ids.push(
+                id.parse::<u16>()
+                    .map_err(|_| KeyError::Format(entry.path().display().to_string()))?,
+            );
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 /// Loads the suppression secret (`<key dir>/suppression.secret`). Losing it makes existing
 /// suppression entries unmatchable.
 pub fn load_suppression_secret(

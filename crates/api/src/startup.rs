@@ -501,9 +501,7 @@ fn spawn_retention_job(state: web::Data<AppState>) -> tokio::task::JoinHandle<()
                     continue;
                 }
             }
-            match crm_domain::retention::run_all(&state.db, &state.suppression, state.clock.now())
-                .await
-            {
+            match crm_domain::retention::run_all(&state.db, &state.vault, state.clock.now()).await {
                 Ok(reports) => {
                     for r in reports {
                         log::info!(
@@ -577,8 +575,15 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let db = open_database(&settings).await?;
         let keys = KeyStore::load(&settings.key_dir, settings.may_generate_keys())?;
-        let suppression =
-            crate::keys::load_suppression_secret(&settings.key_dir, settings.may_generate_keys())?;
+        let vault = Arc::new(crate::keys::load_vault(
+            &settings.key_dir,
+            settings.may_generate_keys(),
+        )?);
+        // Rows written before personal values were sealed are sealed before serving.
+        let sealed = crm_domain::sealing::seal_older_rows(&db, &vault).await?;
+        if sealed.total() > 0 {
+            log::info!("sealed personal data written in the clear: {sealed:?}");
+        }
         let secret_box = Arc::new(crate::keys::SecretBox::load(
             &settings.key_dir,
             settings.may_generate_keys(),
@@ -609,7 +614,7 @@ impl Application {
             settings,
             clock,
             session_policy,
-            suppression,
+            vault,
             webauthn,
             secret_box,
             oidc_http,
@@ -629,7 +634,7 @@ impl Application {
             let worker = crate::worker::Worker {
                 db: state.db.clone(),
                 secret_box: state.secret_box.clone(),
-                suppression: state.suppression.clone(),
+                vault: state.vault.clone(),
                 settings: state.settings.clone(),
                 clock: state.clock.clone(),
             };

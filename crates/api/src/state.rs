@@ -15,8 +15,9 @@ pub struct AppState {
     pub settings: Settings,
     pub clock: Arc<dyn Clock>,
     pub session_policy: SessionPolicy,
-    /// Derives each tenant's key for suppression-list digests; kept outside the database.
-    pub suppression: crm_domain::suppression::SuppressionSecret,
+    /// The keys of personal data (key-encryption keys, the blind-index and suppression
+    /// secret); kept outside the database.
+    pub vault: Arc<crm_domain::vault::Vault>,
     /// WebAuthn relying party (id and origins from the settings).
     pub webauthn: webauthn_rs::Webauthn,
     /// Seals SSO client secrets.

@@ -20,8 +20,8 @@ use crate::outbound;
 pub struct Worker {
     pub db: Db,
     pub secret_box: Arc<SecretBox>,
-    /// Keys the suppression list (imports refuse suppressed addresses).
-    pub suppression: crm_domain::suppression::SuppressionSecret,
+    /// The keys of personal data (sealed payloads; imports refuse suppressed addresses).
+    pub vault: Arc<crm_domain::vault::Vault>,
     pub settings: Settings,
     pub clock: Arc<dyn Clock>,
 }
@@ -40,7 +40,8 @@ impl Worker {
     /// were made.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         let now = self.clock.now();
-        let claimed = events::claim_due(&self.db, now, Duration::seconds(LEASE), BATCH).await?;
+        let claimed =
+            events::claim_due(&self.db, &self.vault, now, Duration::seconds(LEASE), BATCH).await?;
         let mut n = claimed.len();
         for c in claimed {
             let outcome = self.deliver(&c).await;
@@ -55,7 +56,9 @@ impl Worker {
     async fn run_import(&self) -> anyhow::Result<usize> {
         use crm_domain::imports;
         let lease = Duration::seconds(IMPORT_LEASE);
-        let Some(mut job) = imports::claim_job(&self.db, self.clock.now(), lease).await? else {
+        let Some(mut job) =
+            imports::claim_job(&self.db, &self.vault, self.clock.now(), lease).await?
+        else {
             return Ok(0);
         };
         let rows = crate::routes::contacts::import_rows(&job.format, &job.payload)
@@ -80,11 +83,10 @@ impl Worker {
                 }
             }
             let finished = end == rows.len();
-            let secret = &self.suppression;
             match imports::apply_chunk(
                 &self.db,
                 &job,
-                secret,
+                &self.vault,
                 items,
                 invalid,
                 end as i64,
@@ -118,6 +120,7 @@ impl Worker {
             .ok_or_else(|| anyhow::anyhow!("CRM_SMTP_RELAY must be host:port"))?;
         let claimed = crm_domain::breaches::claim_emails(
             &self.db,
+            &self.vault,
             self.clock.now(),
             Duration::seconds(LEASE),
             BATCH,

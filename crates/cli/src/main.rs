@@ -19,7 +19,8 @@ usage: crm <command>
 
 commands:
   serve                         run the API (default); migrations are applied at start
-  migrate                       apply pending database migrations and exit
+  migrate                       apply pending database migrations, seal personal data
+                                written in the clear by older versions, and exit
   openapi [--out FILE]          print the OpenAPI document (or write it to FILE)
   openapi --check FILE          fail when FILE differs from the document the code generates
   bootstrap --email EMAIL [--password-stdin]
@@ -149,9 +150,14 @@ fn display_addr(configured: &str, port: u16) -> String {
 fn migrate() -> anyhow::Result<()> {
     init_logging();
     let settings = Settings::from_env()?;
+    let vault = crm_api::keys::load_vault(&settings.key_dir, settings.may_generate_keys())?;
     runtime()?.block_on(async move {
-        open_database(&settings).await?;
+        let db = open_database(&settings).await?;
         log::info!("migrations applied");
+        let sealed = crm_domain::sealing::seal_older_rows(&db, &vault)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        log::info!("sealed personal data written in the clear: {sealed:?}");
         Ok(())
     })
 }
@@ -290,15 +296,17 @@ fn worker() -> anyhow::Result<()> {
         &settings.key_dir,
         settings.may_generate_keys(),
     )?);
-    let suppression =
-        crm_api::keys::load_suppression_secret(&settings.key_dir, settings.may_generate_keys())?;
+    let vault = Arc::new(crm_api::keys::load_vault(
+        &settings.key_dir,
+        settings.may_generate_keys(),
+    )?);
     runtime()?.block_on(async move {
         let db = open_database(&settings).await?;
         log::info!("delivery worker started");
         let worker = crm_api::worker::Worker {
             db,
             secret_box,
-            suppression,
+            vault,
             settings,
             clock: Arc::new(SystemClock),
         };
@@ -331,11 +339,10 @@ fn reset_mfa(args: &[String]) -> anyhow::Result<()> {
 fn retention_run() -> anyhow::Result<()> {
     init_logging();
     let settings = Settings::from_env()?;
-    let secret =
-        crm_api::keys::load_suppression_secret(&settings.key_dir, settings.may_generate_keys())?;
+    let vault = crm_api::keys::load_vault(&settings.key_dir, settings.may_generate_keys())?;
     runtime()?.block_on(async move {
         let db = open_database(&settings).await?;
-        let reports = crm_domain::retention::run_all(&db, &secret, SystemClock.now())
+        let reports = crm_domain::retention::run_all(&db, &vault, SystemClock.now())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for r in &reports {

@@ -25,6 +25,7 @@ use crate::events::{self, NewEvent};
 use crate::ids::TenantId;
 use crate::tenancy::{Principal, TenantKind};
 use crate::values::Role;
+use crate::vault::Vault;
 
 /// Art. 33(1): without undue delay and, where feasible, not later than 72 hours.
 pub const DEADLINE: Duration = Duration::hours(72);
@@ -440,6 +441,7 @@ pub struct NotifyReport {
 /// notification needs a reason. Everything is queued in this one transaction.
 pub async fn notify(
     db: &DatabaseConnection,
+    vault: &Vault,
     p: &Principal,
     id: Uuid,
     late_reason: Option<String>,
@@ -499,7 +501,18 @@ pub async fn notify(
             .all(&txn)
             .await?;
         for u in recipients {
-            queue_email(&txn, *t, id, "controller", &u.email, &subject, &body, now).await?;
+            queue_email(
+                &txn,
+                vault,
+                *t,
+                id,
+                "controller",
+                &u.email,
+                &subject,
+                &body,
+                now,
+            )
+            .await?;
             report.emails += 1;
         }
         events::emit(
@@ -537,10 +550,13 @@ pub async fn notify(
              consequences: {}\nMeasures taken or proposed: {}\nContact point: {}\n",
             m.nature, m.likely_consequences, m.measures, m.contact_point
         );
+        let tenant = crate::tenancy::Tenant::scoped(TenantId::from_uuid(m.tenant_id));
         for c in contacts {
+            let c = crate::contacts::Contact::open(vault, &tenant, c)?;
             if let Some(email) = c.email {
                 queue_email(
                     &txn,
+                    vault,
                     m.tenant_id,
                     id,
                     "data_subject",
@@ -592,9 +608,23 @@ pub async fn notify(
 // ---------------------------------------------------------------------------------------
 // The e-mail outbox
 
+/// The associated data of sealed outbox addresses.
+const TO_ADDRESS: &str = "email_outbox.to_address";
+
+/// A message's address as stored: sealed (a data subject's address must not outlive their
+/// erasure in old row versions), and its blind index, by which an erasure finds the
+/// person's messages.
+pub(crate) fn sealed_address(vault: &Vault, tenant_id: Uuid, to: &str) -> (String, String) {
+    (
+        vault.seal_system(TO_ADDRESS, to),
+        vault.email_index_normalised(TenantId::from_uuid(tenant_id), &to.to_lowercase()),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn queue_email(
     db: &impl ConnectionTrait,
+    vault: &Vault,
     tenant_id: Uuid,
     topic_id: Uuid,
     recipient_kind: &str,
@@ -603,13 +633,15 @@ async fn queue_email(
     body: &str,
     now: DateTime<Utc>,
 ) -> DomainResult<()> {
+    let (to_address, to_index) = sealed_address(vault, tenant_id, to);
     email_outbox::Entity::insert(email_outbox::ActiveModel {
         id: Set(Uuid::now_v7()),
         tenant_id: Set(tenant_id),
         topic: Set("breach".into()),
         topic_id: Set(Some(topic_id)),
         recipient_kind: Set(recipient_kind.into()),
-        to_address: Set(to.into()),
+        to_address: Set(to_address),
+        to_index: Set(Some(to_index)),
         subject: Set(subject.chars().take(300).collect()),
         body: Set(body.into()),
         status: Set("pending".into()),
@@ -680,6 +712,7 @@ pub struct OutgoingEmail {
 /// Claims due messages (`FOR UPDATE SKIP LOCKED` on PostgreSQL), as for webhooks.
 pub async fn claim_emails(
     db: &DatabaseConnection,
+    vault: &Vault,
     now: DateTime<Utc>,
     lease: Duration,
     limit: u64,
@@ -707,16 +740,17 @@ pub async fn claim_emails(
         .exec(&txn)
         .await?;
     txn.commit().await?;
-    Ok(due
-        .into_iter()
-        .map(|m| OutgoingEmail {
-            id: m.id,
-            attempts: m.attempts,
-            to: m.to_address,
-            subject: m.subject,
-            body: m.body,
+    due.into_iter()
+        .map(|m| {
+            Ok(OutgoingEmail {
+                id: m.id,
+                attempts: m.attempts,
+                to: vault.open_system(TO_ADDRESS, &m.to_address)?,
+                subject: m.subject,
+                body: m.body,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Records a send: `Ok` sent; `Err((error, retry_at))`, dead when `retry_at` is None.
@@ -758,11 +792,11 @@ pub async fn record_email(
 pub(crate) async fn forget_address(
     db: &impl ConnectionTrait,
     tenant_id: Uuid,
-    email: &str,
+    email_index: &str,
 ) -> DomainResult<()> {
     email_outbox::Entity::delete_many()
         .filter(email_outbox::Column::TenantId.eq(tenant_id))
-        .filter(email_outbox::Column::ToAddress.eq(email))
+        .filter(email_outbox::Column::ToIndex.eq(email_index))
         .exec(db)
         .await?;
     Ok(())

@@ -13,10 +13,11 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::audit::{self, Actor, Event};
-use crate::entities::{consent, contact, purpose};
+use crate::entities::{consent, purpose};
 use crate::error::{DomainError, DomainResult, InvalidValue};
 use crate::ids::ContactId;
 use crate::tenancy::Tenant;
+use crate::vault::Vault;
 use crate::{conflict_on_unique, db};
 
 /// Art. 6(1) GDPR.
@@ -196,23 +197,15 @@ async fn purpose_by_key(
         .ok_or(DomainError::NotFound("purpose"))
 }
 
-async fn ensure_contact(
-    db: &impl ConnectionTrait,
-    tenant: &Tenant,
-    id: ContactId,
-) -> DomainResult<()> {
-    contact::Entity::find()
-        .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
-        .filter(contact::Column::Id.eq(id.as_uuid()))
-        .one(db)
-        .await?
-        .map(|_| ())
-        .ok_or(DomainError::NotFound("contact"))
-}
+/// Associated data of the sealed free-text fields: where a consent came from and its
+/// evidence may name the person, so both are sealed with the contact's data key.
+pub(crate) const SOURCE: &str = "consents.source";
+pub(crate) const EVIDENCE: &str = "consents.evidence";
 
 /// Appends a consent record (a grant or a withdrawal) for one contact and purpose.
 pub async fn record_consent(
     db: &DatabaseConnection,
+    vault: &Vault,
     tenant: &Tenant,
     contact_id: ContactId,
     input: NewConsent,
@@ -220,7 +213,7 @@ pub async fn record_consent(
     now: DateTime<Utc>,
 ) -> DomainResult<ConsentRecord> {
     let txn = db::begin_write(db).await?;
-    ensure_contact(&txn, tenant, contact_id).await?;
+    let key = crate::contacts::subject_key(&txn, vault, tenant, contact_id).await?;
     let purpose = match purpose_by_key(&txn, tenant, &input.purpose_key).await {
         Err(DomainError::NotFound(_)) => {
             return Err(DomainError::invalid(
@@ -245,8 +238,8 @@ pub async fn record_consent(
         status: Set(status.into()),
         lawful_basis: Set(input.lawful_basis.clone()),
         channel: Set(input.channel.clone()),
-        source: Set(input.source.clone()),
-        evidence: Set(input.evidence.clone()),
+        source: Set(key.seal_opt(SOURCE, input.source.as_deref())),
+        evidence: Set(key.seal_opt(EVIDENCE, input.evidence.as_deref())),
         recorded_by: Set(actor.actor_id),
         recorded_at: Set(now),
     })
@@ -308,8 +301,11 @@ pub async fn record_consent(
 
 /// Withdraws consent for a purpose in one call: a withdrawal record with the basis of the
 /// current record. Fails with 404 when there is no record for the purpose.
+// The vault and actor travel with every write; grouping them would only hide that.
+#[allow(clippy::too_many_arguments)]
 pub async fn withdraw(
     db: &DatabaseConnection,
+    vault: &Vault,
     tenant: &Tenant,
     contact_id: ContactId,
     purpose_key: &str,
@@ -317,13 +313,14 @@ pub async fn withdraw(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<ConsentRecord> {
-    let (current, _) = history(db, tenant, contact_id).await?;
+    let (current, _) = history(db, vault, tenant, contact_id).await?;
     let latest = current
         .into_iter()
         .find(|c| c.purpose == purpose_key)
         .ok_or(DomainError::NotFound("consent"))?;
     record_consent(
         db,
+        vault,
         tenant,
         contact_id,
         NewConsent {
@@ -343,10 +340,11 @@ pub async fn withdraw(
 /// The current state per purpose and the full history, oldest first.
 pub async fn history(
     db: &impl ConnectionTrait,
+    vault: &Vault,
     tenant: &Tenant,
     contact_id: ContactId,
 ) -> DomainResult<(Vec<ConsentRecord>, Vec<ConsentRecord>)> {
-    ensure_contact(db, tenant, contact_id).await?;
+    let key = crate::contacts::subject_key(db, vault, tenant, contact_id).await?;
     let purposes: BTreeMap<Uuid, String> = purpose::Entity::find()
         .filter(purpose::Column::TenantId.eq(tenant.id().as_uuid()))
         .all(db)
@@ -362,19 +360,21 @@ pub async fn history(
         .await?;
     let history: Vec<ConsentRecord> = rows
         .into_iter()
-        .map(|r| ConsentRecord {
-            id: r.id,
-            contact_id: r.contact_id,
-            purpose: purposes.get(&r.purpose_id).cloned().unwrap_or_default(),
-            status: r.status,
-            lawful_basis: r.lawful_basis,
-            channel: r.channel,
-            source: r.source,
-            evidence: r.evidence,
-            recorded_by: r.recorded_by,
-            recorded_at: r.recorded_at,
+        .map(|r| {
+            Ok(ConsentRecord {
+                id: r.id,
+                contact_id: r.contact_id,
+                purpose: purposes.get(&r.purpose_id).cloned().unwrap_or_default(),
+                status: r.status,
+                lawful_basis: r.lawful_basis,
+                channel: r.channel,
+                source: key.open_stored(SOURCE, r.source)?,
+                evidence: key.open_stored(EVIDENCE, r.evidence)?,
+                recorded_by: r.recorded_by,
+                recorded_at: r.recorded_at,
+            })
         })
-        .collect();
+        .collect::<DomainResult<_>>()?;
     let mut current: BTreeMap<String, ConsentRecord> = BTreeMap::new();
     for r in &history {
         current.insert(r.purpose.clone(), r.clone());

@@ -8,15 +8,19 @@ use sea_orm::{
     QuerySelect,
 };
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::audit::{self, Actor, Event};
-use crate::companies::{company_exists, lower_like};
+use crate::companies::company_exists;
 use crate::entities::{contact, dsr_request, order};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{CompanyId, ContactId};
 use crate::pagination::{Page, PageRequest};
-use crate::suppression::{SuppressionSecret, is_suppressed};
+use crate::suppression::is_suppressed;
 use crate::tenancy::Tenant;
 use crate::values::{EmailAddress, Patch};
+use crate::vault::{DataKey, Vault};
 use crate::{check_version, conflict_on_unique, db};
 
 mod bulk;
@@ -36,31 +40,48 @@ pub struct Contact {
     pub legal_hold: bool,
     /// Set once the contact was redacted: identifying values are placeholders.
     pub redacted_at: Option<DateTime<Utc>>,
+    /// The contact's own data key: every identifying value is stored sealed with it.
+    pub(crate) key: Arc<DataKey>,
 }
 
 /// Creating or changing a contact's e-mail to a suppressed (erased) address is refused unless
 /// the caller overrides with a reason, which is recorded in the audit trail.
 pub struct SuppressionGate<'a> {
-    pub secret: &'a SuppressionSecret,
+    /// The keys of personal data (the suppression digest is the e-mail's blind index).
+    pub vault: &'a Vault,
     pub override_reason: Option<String>,
 }
 
-impl From<contact::Model> for Contact {
-    fn from(m: contact::Model) -> Self {
-        Contact {
+impl Contact {
+    /// Opens a stored row with its data key. A row written before values were sealed (its
+    /// values are in the clear) gets a new key, which its next write uses.
+    pub(crate) fn open(vault: &Vault, tenant: &Tenant, m: contact::Model) -> DomainResult<Self> {
+        let (key, sealed) = match &m.data_key {
+            Some(wrapped) => (vault.data_key(tenant.id(), m.id, wrapped)?, true),
+            None => (vault.new_data_key(tenant.id(), m.id), false),
+        };
+        let open = |field: &str, v: Option<String>| {
+            if sealed {
+                key.open_opt(field, v)
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(Contact {
             id: ContactId::from_uuid(m.id),
             company_id: m.company_id.map(CompanyId::from_uuid),
-            first_name: m.first_name,
-            last_name: m.last_name,
-            email: m.email,
-            phone: m.phone,
-            job_title: m.job_title,
+            first_name: open("first_name", m.first_name)?,
+            last_name: open("last_name", m.last_name)?,
+            email: open("email", m.email)?,
+            phone: open("phone", m.phone)?,
+            job_title: open("job_title", m.job_title)?,
             created_at: m.created_at,
             updated_at: m.updated_at,
             version: m.version,
             legal_hold: m.legal_hold,
             redacted_at: m.redacted_at,
-        }
+            key: Arc::new(key),
+        })
     }
 }
 
@@ -125,27 +146,102 @@ impl ContactChanges {
 pub struct ContactFilter {
     pub email: Option<EmailAddress>,
     pub company_id: Option<CompanyId>,
-    /// Case-insensitive substring of first name, last name or e-mail.
+    /// Case-insensitive substring of first name, last name or e-mail. The values are sealed,
+    /// so this is matched after opening, over at most [`Q_SCAN_ROWS`] rows per page.
     pub q: Option<String>,
     pub updated_since: Option<DateTime<Utc>>,
 }
 
-/// The row of a contact.
-fn row(tenant: &Tenant, c: &Contact) -> contact::ActiveModel {
+/// The row of a contact: identifying values sealed with its data key, the e-mail's blind
+/// index beside it.
+pub(crate) fn row(vault: &Vault, tenant: &Tenant, c: &Contact) -> contact::ActiveModel {
+    let k = &c.key;
     contact::ActiveModel {
         id: Set(c.id.as_uuid()),
         tenant_id: Set(tenant.id().as_uuid()),
         company_id: Set(c.company_id.map(CompanyId::as_uuid)),
-        first_name: Set(c.first_name.clone()),
-        last_name: Set(c.last_name.clone()),
-        email: Set(c.email.clone()),
-        phone: Set(c.phone.clone()),
-        job_title: Set(c.job_title.clone()),
+        first_name: Set(k.seal_opt("first_name", c.first_name.as_deref())),
+        last_name: Set(k.seal_opt("last_name", c.last_name.as_deref())),
+        email: Set(k.seal_opt("email", c.email.as_deref())),
+        phone: Set(k.seal_opt("phone", c.phone.as_deref())),
+        job_title: Set(k.seal_opt("job_title", c.job_title.as_deref())),
         created_at: Set(c.created_at),
         updated_at: Set(c.updated_at),
         version: Set(c.version),
         legal_hold: Set(c.legal_hold),
         redacted_at: Set(c.redacted_at),
+        data_key: Set(Some(k.wrapped().to_vec())),
+        email_index: Set(c
+            .email
+            .as_deref()
+            .map(|e| vault.email_index_normalised(tenant.id(), e))),
+    }
+}
+
+/// Sealing a row written in the clear overwrites its personal values, its key and index.
+pub(crate) const SEAL_UPSERT: db::Upsert = db::Upsert {
+    key: "id",
+    update: &[
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "job_title",
+        "data_key",
+        "email_index",
+    ],
+};
+
+/// The data keys of some of a tenant's contacts (those that exist).
+pub(crate) async fn data_keys(
+    db: &impl ConnectionTrait,
+    vault: &Vault,
+    tenant: crate::ids::TenantId,
+    ids: Vec<uuid::Uuid>,
+) -> DomainResult<HashMap<uuid::Uuid, DataKey>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(uuid::Uuid, Option<Vec<u8>>)> = contact::Entity::find()
+        .select_only()
+        .column(contact::Column::Id)
+        .column(contact::Column::DataKey)
+        .filter(contact::Column::TenantId.eq(tenant.as_uuid()))
+        .filter(contact::Column::Id.is_in(ids))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for (id, wrapped) in rows {
+        if let Some(w) = wrapped {
+            out.insert(id, vault.data_key(tenant, id, &w)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The data key of one contact, to seal what is written about them (consent evidence,
+/// request notes); not found when the contact does not exist in the tenant.
+pub(crate) async fn subject_key(
+    db: &impl ConnectionTrait,
+    vault: &Vault,
+    tenant: &Tenant,
+    id: ContactId,
+) -> DomainResult<DataKey> {
+    let wrapped: Option<Option<Vec<u8>>> = contact::Entity::find()
+        .select_only()
+        .column(contact::Column::DataKey)
+        .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(contact::Column::Id.eq(id.as_uuid()))
+        .into_tuple()
+        .one(db)
+        .await?;
+    match wrapped {
+        None => Err(DomainError::NotFound("contact")),
+        Some(Some(w)) => vault.data_key(tenant.id(), id.as_uuid(), &w),
+        Some(None) => Err(DomainError::Internal(
+            "contact row not sealed yet (run the service once to seal older rows)".into(),
+        )),
     }
 }
 
@@ -157,7 +253,7 @@ async fn check_suppression(
     gate: &SuppressionGate<'_>,
 ) -> DomainResult<Option<serde_json::Value>> {
     let Some(email) = email else { return Ok(None) };
-    gate.admit(is_suppressed(db, gate.secret, tenant, email).await?)
+    gate.admit(is_suppressed(db, gate.vault.suppression(), tenant, email).await?)
 }
 
 impl SuppressionGate<'_> {
@@ -249,13 +345,15 @@ pub fn event_payload(c: &Contact) -> serde_json::Value {
     })
 }
 
+/// A contact's event: its payload names the person, so it is sealed with their data key
+/// (readers open it while the contact exists).
 fn contact_event(event_type: &'static str, c: &Contact) -> crate::events::NewEvent {
     crate::events::NewEvent {
         event_type,
         object_type: "contact",
         object_id: Some(c.id.as_uuid()),
         subject_contact_id: Some(c.id.as_uuid()),
-        payload: event_payload(c),
+        payload: crate::events::sealed_payload(&c.key, &event_payload(c)),
     }
 }
 
@@ -286,6 +384,7 @@ async fn create_in(
     check_company(txn, tenant, input.company_id).await?;
     let overridden = check_suppression(txn, tenant, input.email.as_ref(), gate).await?;
     let id = ContactId::new();
+    let key = Arc::new(gate.vault.new_data_key(tenant.id(), id.as_uuid()));
     // What the row holds: the values written (timestamps come truncated to what the
     // databases store).
     let created = Contact {
@@ -301,8 +400,9 @@ async fn create_in(
         version: 1,
         legal_hold: false,
         redacted_at: None,
+        key,
     };
-    contact::Entity::insert(row(tenant, &created))
+    contact::Entity::insert(row(gate.vault, tenant, &created))
         .exec_without_returning(txn)
         .await
         .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
@@ -326,6 +426,7 @@ async fn create_in(
 
 pub async fn get_contact(
     db: &impl ConnectionTrait,
+    vault: &Vault,
     tenant: &Tenant,
     id: ContactId,
 ) -> DomainResult<Contact> {
@@ -339,8 +440,8 @@ pub async fn get_contact(
         .into_model::<ByPosition>()
         .one(db)
         .await?
-        .map(|r| Contact::from(r.0))
-        .ok_or(DomainError::NotFound("contact"))
+        .map(|r| Contact::open(vault, tenant, r.0))
+        .ok_or(DomainError::NotFound("contact"))?
 }
 
 /// A contact row decoded by column position — the entity's column order, which is what
@@ -367,13 +468,15 @@ impl sea_orm::FromQueryResult for ByPosition {
             version: res.try_get_by_index(C::Version as usize)?,
             legal_hold: res.try_get_by_index(C::LegalHold as usize)?,
             redacted_at: res.try_get_by_index(C::RedactedAt as usize)?,
+            data_key: res.try_get_by_index(C::DataKey as usize)?,
+            email_index: res.try_get_by_index(C::EmailIndex as usize)?,
         }))
     }
 }
 
 const GET_CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, \
-    phone, job_title, created_at, updated_at, version, legal_hold, redacted_at \
-    FROM contacts WHERE tenant_id = $1 AND id = $2 LIMIT 1";
+    phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, data_key, \
+    email_index FROM contacts WHERE tenant_id = $1 AND id = $2 LIMIT 1";
 
 pub(crate) async fn contact_exists(
     db: &impl ConnectionTrait,
@@ -391,50 +494,87 @@ pub(crate) async fn contact_exists(
         .is_some())
 }
 
+/// A page filtered with `q` examines at most this many contacts; when it stops there, it
+/// holds the matches found so far (maybe none) and a cursor to go on from.
+pub const Q_SCAN_ROWS: u64 = 2_000;
+
 pub async fn list_contacts(
     db: &impl ConnectionTrait,
+    vault: &Vault,
     tenant: &Tenant,
     filter: ContactFilter,
     page: PageRequest,
 ) -> DomainResult<Page<Contact>> {
-    let mut q = contact::Entity::find()
-        .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
-        .order_by_asc(contact::Column::Id);
-    if let Some(after) = page.after {
-        q = q.filter(contact::Column::Id.gt(after));
+    let select = |after: Option<uuid::Uuid>| {
+        let mut q = contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
+            .order_by_asc(contact::Column::Id);
+        if let Some(after) = after {
+            q = q.filter(contact::Column::Id.gt(after));
+        }
+        if let Some(email) = &filter.email {
+            q = q.filter(contact::Column::EmailIndex.eq(vault.email_index(tenant.id(), email)));
+        }
+        if let Some(company) = filter.company_id {
+            q = q.filter(contact::Column::CompanyId.eq(company.as_uuid()));
+        }
+        if let Some(since) = filter.updated_since {
+            q = q.filter(contact::Column::UpdatedAt.gte(since));
+        }
+        q
+    };
+    let Some(text) = filter.q.as_deref() else {
+        let rows = select(page.after)
+            .limit(page.limit + 1)
+            .into_model::<ByPosition>()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|r| Contact::open(vault, tenant, r.0))
+            .collect::<DomainResult<Vec<_>>>()?;
+        return Ok(Page::from_rows(rows, page.limit, |c| c.id.as_uuid()));
+    };
+    // Sealed values cannot be matched in SQL: open and match here, batch by batch.
+    let needle = text.to_lowercase();
+    let matches = |v: &Option<String>| {
+        v.as_deref()
+            .is_some_and(|v| v.to_lowercase().contains(&needle))
+    };
+    let mut found = Vec::new();
+    let mut after = page.after;
+    let mut scanned = 0;
+    loop {
+        let batch = std::cmp::min(Q_SCAN_ROWS - scanned, 500);
+        let rows = select(after)
+            .limit(batch)
+            .into_model::<ByPosition>()
+            .all(db)
+            .await?;
+        let exhausted = (rows.len() as u64) < batch;
+        for r in rows {
+            scanned += 1;
+            after = Some(r.0.id);
+            let c = Contact::open(vault, tenant, r.0)?;
+            if matches(&c.first_name) || matches(&c.last_name) || matches(&c.email) {
+                found.push(c);
+                if found.len() as u64 > page.limit {
+                    return Ok(Page::from_rows(found, page.limit, |c| c.id.as_uuid()));
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page {
+                data: found,
+                next_cursor: None,
+            });
+        }
+        if scanned >= Q_SCAN_ROWS {
+            return Ok(Page {
+                data: found,
+                next_cursor: after.map(crate::pagination::encode_cursor),
+            });
+        }
     }
-    if let Some(email) = &filter.email {
-        q = q.filter(contact::Column::Email.eq(email.as_str()));
-    }
-    if let Some(company) = filter.company_id {
-        q = q.filter(contact::Column::CompanyId.eq(company.as_uuid()));
-    }
-    if let Some(since) = filter.updated_since {
-        q = q.filter(contact::Column::UpdatedAt.gte(since));
-    }
-    if let Some(text) = filter.q.as_deref() {
-        q = q.filter(
-            sea_orm::Condition::any()
-                .add(lower_like(
-                    (contact::Entity, contact::Column::FirstName),
-                    text,
-                ))
-                .add(lower_like(
-                    (contact::Entity, contact::Column::LastName),
-                    text,
-                ))
-                .add(lower_like((contact::Entity, contact::Column::Email), text)),
-        );
-    }
-    let rows: Vec<contact::Model> = q
-        .limit(page.limit + 1)
-        .into_model::<ByPosition>()
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
-    Ok(Page::from_rows(rows, page.limit, |r| r.id).map(Contact::from))
 }
 
 // The gate and actor travel with every write; grouping them would only hide that.
@@ -466,7 +606,7 @@ async fn update_in(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
-    let current = get_contact(txn, tenant, id).await?;
+    let current = get_contact(txn, gate.vault, tenant, id).await?;
     check_version(if_match, current.version)?;
     if current.redacted_at.is_some() {
         return Err(redacted());
@@ -483,7 +623,7 @@ async fn update_in(
     let version = current.version;
     let updated = changes.applied_to(current, now);
     identifiable(&updated.first_name, &updated.last_name, &updated.email)?;
-    let mut set = row(tenant, &updated);
+    let mut set = row(gate.vault, tenant, &updated);
     set.id = sea_orm::ActiveValue::NotSet;
     set.tenant_id = sea_orm::ActiveValue::NotSet;
     set.created_at = sea_orm::ActiveValue::NotSet;
@@ -530,9 +670,17 @@ pub async fn delete_contact(
     now: DateTime<Utc>,
 ) -> DomainResult<()> {
     let txn = db::begin_write(db).await?;
-    let current = get_contact(&txn, tenant, id).await?;
-    check_version(if_match, current.version)?;
     let tid = tenant.id().as_uuid();
+    let version: i32 = contact::Entity::find()
+        .select_only()
+        .column(contact::Column::Version)
+        .filter(contact::Column::TenantId.eq(tid))
+        .filter(contact::Column::Id.eq(id.as_uuid()))
+        .into_tuple()
+        .one(&txn)
+        .await?
+        .ok_or(DomainError::NotFound("contact"))?;
+    check_version(if_match, version)?;
     // The register of requests is kept (the controller's record of compliance), detached.
     dsr_request::Entity::update_many()
         .col_expr(
@@ -560,7 +708,7 @@ pub async fn delete_contact(
     let deleted = contact::Entity::delete_many()
         .filter(contact::Column::TenantId.eq(tid))
         .filter(contact::Column::Id.eq(id.as_uuid()))
-        .filter(contact::Column::Version.eq(current.version))
+        .filter(contact::Column::Version.eq(version))
         .exec(&txn)
         .await?;
     crate::expect_one_row(deleted.rows_affected)?;
@@ -619,12 +767,12 @@ pub async fn upsert_batch(
     db: &DatabaseConnection,
     tenant: &Tenant,
     items: Vec<BatchItem>,
-    secret: &SuppressionSecret,
+    vault: &Vault,
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Vec<ItemOutcome>> {
     let gate = SuppressionGate {
-        secret,
+        vault,
         override_reason: None,
     };
     let txn = db::begin_write(db).await?;
@@ -693,11 +841,14 @@ async fn upsert_one(
     let existing = match (item.id, &item.fields.email) {
         (Some(id), _) => Some(id),
         (None, Patch::Value(email)) => contact::Entity::find()
+            .select_only()
+            .column(contact::Column::Id)
             .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
-            .filter(contact::Column::Email.eq(email.as_str()))
+            .filter(contact::Column::EmailIndex.eq(gate.vault.email_index(tenant.id(), email)))
+            .into_tuple::<uuid::Uuid>()
             .one(db)
             .await?
-            .map(|c| ContactId::from_uuid(c.id)),
+            .map(ContactId::from_uuid),
         _ => None,
     };
     match existing {

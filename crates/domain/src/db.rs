@@ -52,8 +52,8 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     .await
 }
 
-/// Rows per multi-row statement on SQLite (13 values per row at most, well under its limit
-/// on bound parameters).
+/// Rows per multi-row statement on SQLite (15 values per row at most, under its limit of
+/// 32,766 bound parameters).
 const INSERT_CHUNK: usize = 1000;
 
 /// On a primary-key conflict, take these columns from the new row (an upsert).
@@ -193,6 +193,7 @@ fn column_arrays<A: ActiveModelTrait>(
                 V::BigInt(v) => element!(BigInt, "int8", v),
                 V::String(v) => element!(String, "text", v),
                 V::Uuid(v) => element!(Uuid, "uuid", v),
+                V::Bytes(v) => element!(Bytes, "bytea", v),
                 V::ChronoDateTimeUtc(v) => element!(ChronoDateTimeUtc, "timestamptz", v),
                 V::Json(v) => {
                     let null = v.is_none();

@@ -17,7 +17,18 @@ use crate::ids::ContactId;
 use crate::pagination::{Page, PageRequest};
 use crate::tenancy::Tenant;
 use crate::values::Patch;
+use crate::vault::Vault;
 use crate::{check_version, db};
+
+/// Associated data of the sealed free-text fields. The notes may name the person, so they
+/// are stored sealed (under the key-encryption key: a request can be linked to another
+/// contact later, so not under one contact's data key).
+pub(crate) const EXTENSION_REASON: &str = "dsr_requests.extension_reason";
+pub(crate) const OUTCOME: &str = "dsr_requests.outcome";
+
+fn open_text(vault: &Vault, field: &str, stored: Option<String>) -> DomainResult<Option<String>> {
+    stored.map(|s| vault.open_system(field, &s)).transpose()
+}
 
 pub const KINDS: [&str; 6] = [
     "access",
@@ -69,25 +80,25 @@ pub struct Request {
     pub version: i32,
 }
 
-fn to_request(m: dsr_request::Model, now: DateTime<Utc>) -> Request {
-    Request {
+fn to_request(vault: &Vault, m: dsr_request::Model, now: DateTime<Utc>) -> DomainResult<Request> {
+    Ok(Request {
         id: m.id,
         contact_id: m.contact_id,
         kind: m.kind,
         received_at: m.received_at,
         due_at: m.due_at,
         extended: m.due_at > base_due(m.received_at),
-        extension_reason: m.extension_reason,
+        extension_reason: open_text(vault, EXTENSION_REASON, m.extension_reason)?,
         identity_verification: m.identity_verification,
         overdue: m.status == "open" && m.due_at < now,
         status: m.status,
-        outcome: m.outcome,
+        outcome: open_text(vault, OUTCOME, m.outcome)?,
         erasure_id: m.erasure_id,
         closed_at: m.closed_at,
         created_at: m.created_at,
         updated_at: m.updated_at,
         version: m.version,
-    }
+    })
 }
 
 /// One month after receipt (Art. 12(3)).
@@ -139,6 +150,7 @@ async fn check_contact(
 
 pub async fn create_request(
     db: &DatabaseConnection,
+    vault: &Vault,
     tenant: &Tenant,
     input: NewRequest,
     actor: &Actor,
@@ -189,13 +201,14 @@ pub async fn create_request(
         now,
     )
     .await?;
-    let created = get_request(&txn, tenant, id, now).await?;
+    let created = get_request(&txn, vault, tenant, id, now).await?;
     txn.commit().await?;
     Ok(created)
 }
 
 pub async fn get_request(
     db: &impl ConnectionTrait,
+    vault: &Vault,
     tenant: &Tenant,
     id: Uuid,
     now: DateTime<Utc>,
@@ -205,8 +218,8 @@ pub async fn get_request(
         .filter(dsr_request::Column::Id.eq(id))
         .one(db)
         .await?
-        .map(|m| to_request(m, now))
-        .ok_or(DomainError::NotFound("dsr_request"))
+        .map(|m| to_request(vault, m, now))
+        .ok_or(DomainError::NotFound("dsr_request"))?
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +232,7 @@ pub struct RequestFilter {
 
 pub async fn list_requests(
     db: &impl ConnectionTrait,
+    vault: &Vault,
     tenant: &Tenant,
     filter: RequestFilter,
     page: PageRequest,
@@ -244,12 +258,21 @@ pub async fn list_requests(
             .filter(dsr_request::Column::Status.eq("open"))
             .filter(dsr_request::Column::DueAt.lt(now));
     }
-    let rows = q.limit(page.limit + 1).all(db).await?;
-    Ok(Page::from_rows(rows, page.limit, |r| r.id).map(|m| to_request(m, now)))
+    let rows = q
+        .limit(page.limit + 1)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| to_request(vault, m, now))
+        .collect::<DomainResult<Vec<_>>>()?;
+    Ok(Page::from_rows(rows, page.limit, |r| r.id))
 }
 
+// The vault and actor travel with every write; grouping them would only hide that.
+#[allow(clippy::too_many_arguments)]
 pub async fn update_request(
     db: &DatabaseConnection,
+    vault: &Vault,
     tenant: &Tenant,
     id: Uuid,
     changes: RequestChanges,
@@ -258,7 +281,7 @@ pub async fn update_request(
     now: DateTime<Utc>,
 ) -> DomainResult<Request> {
     let txn = db::begin_write(db).await?;
-    let current = get_request(&txn, tenant, id, now).await?;
+    let current = get_request(&txn, vault, tenant, id, now).await?;
     check_version(if_match, current.version)?;
     if let Patch::Value(c) = &changes.contact_id {
         check_contact(&txn, tenant, Some(*c)).await?;
@@ -291,34 +314,40 @@ pub async fn update_request(
         None => (current.due_at, current.extension_reason.clone()),
     };
     let status = changes.status.clone().unwrap_or(current.status.clone());
-    let result = dsr_request::Entity::update_many()
-        .set(dsr_request::ActiveModel {
-            contact_id: Set(changes
-                .contact_id
-                .map(ContactId::as_uuid)
-                .apply_to(current.contact_id)),
-            identity_verification: Set(changes
-                .identity_verification
-                .clone()
-                .unwrap_or(current.identity_verification.clone())),
-            status: Set(status.clone()),
-            outcome: Set(changes.outcome.apply_to(current.outcome.clone())),
-            due_at: Set(due_at),
-            extension_reason: Set(extension_reason),
-            closed_at: Set(if closing && current.closed_at.is_none() {
-                Some(now)
-            } else {
-                current.closed_at
-            }),
-            updated_at: Set(now),
-            version: Set(current.version + 1),
-            ..Default::default()
-        })
-        .filter(dsr_request::Column::TenantId.eq(tenant.id().as_uuid()))
-        .filter(dsr_request::Column::Id.eq(id))
-        .filter(dsr_request::Column::Version.eq(current.version))
-        .exec(&txn)
-        .await?;
+    let result =
+        dsr_request::Entity::update_many()
+            .set(dsr_request::ActiveModel {
+                contact_id: Set(changes
+                    .contact_id
+                    .map(ContactId::as_uuid)
+                    .apply_to(current.contact_id)),
+                identity_verification: Set(changes
+                    .identity_verification
+                    .clone()
+                    .unwrap_or(current.identity_verification.clone())),
+                status: Set(status.clone()),
+                outcome: Set(changes
+                    .outcome
+                    .apply_to(current.outcome.clone())
+                    .map(|o| vault.seal_system(OUTCOME, &o))),
+                due_at: Set(due_at),
+                extension_reason: Set(
+                    extension_reason.map(|r| vault.seal_system(EXTENSION_REASON, &r))
+                ),
+                closed_at: Set(if closing && current.closed_at.is_none() {
+                    Some(now)
+                } else {
+                    current.closed_at
+                }),
+                updated_at: Set(now),
+                version: Set(current.version + 1),
+                ..Default::default()
+            })
+            .filter(dsr_request::Column::TenantId.eq(tenant.id().as_uuid()))
+            .filter(dsr_request::Column::Id.eq(id))
+            .filter(dsr_request::Column::Version.eq(current.version))
+            .exec(&txn)
+            .await?;
     crate::expect_one_row(result.rows_affected)?;
     audit::record(
         &txn,
@@ -335,7 +364,7 @@ pub async fn update_request(
         now,
     )
     .await?;
-    let updated = get_request(&txn, tenant, id, now).await?;
+    let updated = get_request(&txn, vault, tenant, id, now).await?;
     txn.commit().await?;
     Ok(updated)
 }

@@ -21,6 +21,7 @@ use crate::entities::{event, tenant, webhook_delivery, webhook_endpoint};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::TenantId;
 use crate::tenancy::{Tenant, TenantKind};
+use crate::vault::{DataKey, Vault};
 use crate::{conflict_on_unique, db};
 
 /// Event types a webhook can subscribe to.
@@ -159,6 +160,52 @@ pub async fn emit_to_all_tenants(
     Ok(())
 }
 
+/// An event payload that names a person, sealed with their data key: stored as a JSON string
+/// (`"s1:…"`); [`open_payloads`] opens it while the person's key exists.
+pub(crate) fn sealed_payload(key: &DataKey, payload: &Value) -> Value {
+    Value::String(key.seal(PAYLOAD_FIELD, &payload.to_string()))
+}
+
+const PAYLOAD_FIELD: &str = "event.payload";
+
+/// Opens the sealed payloads among a tenant's events with their subjects' data keys. A
+/// payload whose subject has been deleted since cannot be opened any more: it shows ids only.
+async fn open_payloads(
+    db: &impl ConnectionTrait,
+    vault: &Vault,
+    tenant: TenantId,
+    events: &mut [ChangeEvent],
+    subjects: &[Option<Uuid>],
+) -> DomainResult<()> {
+    let sealed = |d: &Value| matches!(d, Value::String(s) if crate::vault::is_sealed(s));
+    let wanted: Vec<Uuid> = events
+        .iter()
+        .zip(subjects)
+        .filter(|(e, _)| sealed(&e.data))
+        .filter_map(|(_, s)| *s)
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let keys = crate::contacts::data_keys(db, vault, tenant, wanted).await?;
+    for (e, subject) in events.iter_mut().zip(subjects) {
+        let Value::String(text) = &e.data else {
+            continue;
+        };
+        if !crate::vault::is_sealed(text) {
+            continue;
+        }
+        e.data = match subject.and_then(|s| keys.get(&s)) {
+            Some(key) => serde_json::from_str(&key.open(PAYLOAD_FIELD, text)?)
+                .map_err(|_| DomainError::Internal("event payload is not JSON".into()))?,
+            None => json!({"id": e.object_id, "deleted": true}),
+        };
+    }
+    Ok(())
+}
+
 fn subscribes(types: &str, event_type: &str) -> bool {
     types.split(' ').any(|t| t == "*" || t == event_type)
 }
@@ -210,20 +257,22 @@ impl From<event::Model> for ChangeEvent {
 /// The tenant's events after `since`, in commit order.
 pub async fn changes(
     db: &impl ConnectionTrait,
+    vault: &Vault,
     tenant: &Tenant,
     since: i64,
     limit: u64,
 ) -> DomainResult<Vec<ChangeEvent>> {
-    Ok(event::Entity::find()
+    let rows = event::Entity::find()
         .filter(event::Column::TenantId.eq(tenant.id().as_uuid()))
         .filter(event::Column::Seq.gt(since))
         .order_by_asc(event::Column::Seq)
         .limit(limit)
         .all(db)
-        .await?
-        .into_iter()
-        .map(ChangeEvent::from)
-        .collect())
+        .await?;
+    let subjects: Vec<Option<Uuid>> = rows.iter().map(|r| r.subject_contact_id).collect();
+    let mut events: Vec<ChangeEvent> = rows.into_iter().map(ChangeEvent::from).collect();
+    open_payloads(db, vault, tenant.id(), &mut events, &subjects).await?;
+    Ok(events)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -464,6 +513,7 @@ pub struct Claimed {
 /// same row; SQLite write transactions are serial.
 pub async fn claim_due(
     db: &DatabaseConnection,
+    vault: &Vault,
     now: DateTime<Utc>,
     lease: Duration,
     limit: u64,
@@ -501,12 +551,16 @@ pub async fn claim_due(
             .await?;
         let ev = event::Entity::find_by_id(d.event_id).one(&txn).await?;
         if let (Some(ep), Some(ev)) = (ep, ev) {
+            let (tenant, subject) = (TenantId::from_uuid(ev.tenant_id), ev.subject_contact_id);
+            let mut event = [ChangeEvent::from(ev)];
+            open_payloads(&txn, vault, tenant, &mut event, &[subject]).await?;
+            let [event] = event;
             claimed.push(Claimed {
                 id: d.id,
                 attempts: d.attempts,
                 url: ep.url,
                 secret_enc: ep.secret_enc,
-                event: ev.into(),
+                event,
             });
         }
     }

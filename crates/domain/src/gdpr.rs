@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::audit::{self, Actor, Event};
+use crate::contacts::Contact;
 use crate::entities::{
     company, consent, contact, dsr_request, erasure_ledger, gdpr_setting, order, order_line,
     purpose, tenant,
@@ -21,9 +22,10 @@ use crate::entities::{
 use crate::error::{DomainError, DomainResult};
 use crate::ids::ContactId;
 use crate::personal_data::{self, REGISTRY};
-use crate::suppression::{self, SuppressionSecret};
+use crate::suppression;
 use crate::tenancy::Tenant;
 use crate::values::{EmailAddress, OrderStatus};
+use crate::vault::Vault;
 use crate::{db, personal_data::OnErasure};
 
 /// Orders and invoices are kept this long by default (10 years covers the longest common
@@ -106,11 +108,11 @@ fn pick(value: Value, table: &str) -> Value {
     }
 }
 
-fn contact_json(c: &contact::Model) -> Value {
+fn contact_json(tenant: &Tenant, c: &Contact) -> Value {
     pick(
         json!({
-            "id": c.id, "tenant_id": c.tenant_id, "company_id": c.company_id, "first_name": c.first_name,
-            "last_name": c.last_name, "email": c.email, "phone": c.phone, "job_title": c.job_title,
+            "id": c.id.as_uuid(), "tenant_id": tenant.id().as_uuid(), "company_id": c.company_id.map(crate::ids::CompanyId::as_uuid),
+            "first_name": c.first_name, "last_name": c.last_name, "email": c.email, "phone": c.phone, "job_title": c.job_title,
             "created_at": c.created_at, "updated_at": c.updated_at, "version": c.version,
             "legal_hold": c.legal_hold, "redacted_at": c.redacted_at,
         }),
@@ -122,6 +124,7 @@ fn contact_json(c: &contact::Model) -> Value {
 /// information Art. 15 requires. The export itself is audited.
 pub async fn export_contact(
     db: &DatabaseConnection,
+    vault: &Vault,
     tenant: &Tenant,
     id: ContactId,
     actor: &Actor,
@@ -130,6 +133,8 @@ pub async fn export_contact(
     let txn = db::begin_write(db).await?;
     let tid = tenant.id().as_uuid();
     let c = load_contact(&txn, tenant, id).await?;
+    let person = Contact::open(vault, tenant, c.clone())?;
+    let key = &person.key;
     let company = match c.company_id {
         Some(cid) => company::Entity::find()
             .filter(company::Column::TenantId.eq(tid))
@@ -191,16 +196,18 @@ pub async fn export_contact(
     let consents: Vec<Value> = consent_rows
         .iter()
         .map(|r| {
+            let source = key.open_stored(crate::consents::SOURCE, r.source.clone())?;
+            let evidence = key.open_stored(crate::consents::EVIDENCE, r.evidence.clone())?;
             let mut v = pick(
                 json!({"id": r.id, "contact_id": r.contact_id, "purpose_id": r.purpose_id, "status": r.status,
-                       "lawful_basis": r.lawful_basis, "channel": r.channel, "source": r.source, "evidence": r.evidence,
+                       "lawful_basis": r.lawful_basis, "channel": r.channel, "source": source, "evidence": evidence,
                        "recorded_by": r.recorded_by, "recorded_at": r.recorded_at}),
                 "consents",
             );
             v["purpose"] = json!(purposes.get(&r.purpose_id).map(|p| p.key.clone()));
-            v
+            Ok(v)
         })
-        .collect();
+        .collect::<DomainResult<_>>()?;
     let requests: Vec<Value> = dsr_request::Entity::find()
         .filter(dsr_request::Column::TenantId.eq(tid))
         .filter(dsr_request::Column::ContactId.eq(c.id))
@@ -209,15 +216,18 @@ pub async fn export_contact(
         .await?
         .into_iter()
         .map(|r| {
-            pick(
+            let open = |field, v: Option<String>| v.map(|v| vault.open_system(field, &v)).transpose();
+            let extension_reason = open(crate::dsr::EXTENSION_REASON, r.extension_reason)?;
+            let outcome = open(crate::dsr::OUTCOME, r.outcome)?;
+            Ok(pick(
                 json!({"id": r.id, "contact_id": r.contact_id, "kind": r.kind, "received_at": r.received_at, "due_at": r.due_at,
-                       "extension_reason": r.extension_reason, "identity_verification": r.identity_verification,
-                       "status": r.status, "outcome": r.outcome, "erasure_id": r.erasure_id, "closed_at": r.closed_at,
+                       "extension_reason": extension_reason, "identity_verification": r.identity_verification,
+                       "status": r.status, "outcome": outcome, "erasure_id": r.erasure_id, "closed_at": r.closed_at,
                        "created_at": r.created_at, "updated_at": r.updated_at}),
                 "dsr_requests",
-            )
+            ))
         })
-        .collect();
+        .collect::<DomainResult<_>>()?;
     audit::record(
         &txn,
         tenant.id(),
@@ -292,7 +302,7 @@ pub async fn export_contact(
     Ok(json!({
         "format": "crm-subject-export/1",
         "exported_at": now,
-        "subject": contact_json(&c),
+        "subject": contact_json(tenant, &person),
         "company": company,
         "orders": orders,
         "consents": consents,
@@ -323,6 +333,7 @@ pub async fn export_contact(
 /// Keeps the contact's records but replaces every identifying value with a placeholder.
 pub async fn redact_contact(
     db: &DatabaseConnection,
+    vault: &Vault,
     tenant: &Tenant,
     id: ContactId,
     actor: &Actor,
@@ -334,13 +345,18 @@ pub async fn redact_contact(
     if c.legal_hold {
         return Err(legal_hold_conflict());
     }
+    // A new data key: what the old one sealed (earlier row versions, event payloads) is
+    // beyond reach with the old key gone.
+    let key = vault.new_data_key(tenant.id(), c.id);
     contact::Entity::update_many()
         .set(contact::ActiveModel {
-            first_name: Set(Some(REDACTED.into())),
-            last_name: Set(Some(REDACTED.into())),
+            first_name: Set(Some(key.seal("first_name", REDACTED))),
+            last_name: Set(Some(key.seal("last_name", REDACTED))),
             email: Set(None),
             phone: Set(None),
             job_title: Set(None),
+            email_index: Set(None),
+            data_key: Set(Some(key.wrapped().to_vec())),
             redacted_at: Set(Some(now)),
             updated_at: Set(now),
             version: Set(c.version + 1),
@@ -428,7 +444,7 @@ pub struct PlanItem {
 /// With `dry_run`, returns the same plan and changes nothing.
 pub async fn erase_contact(
     db: &DatabaseConnection,
-    secret: &SuppressionSecret,
+    vault: &Vault,
     tenant: &Tenant,
     id: ContactId,
     dry_run: bool,
@@ -477,7 +493,11 @@ pub async fn erase_contact(
         .into_iter()
         .map(|r| r.id)
         .collect();
-    let email = c.email.as_deref().and_then(|e| EmailAddress::parse(e).ok());
+    let person = Contact::open(vault, tenant, c.clone())?;
+    let email = person
+        .email
+        .as_deref()
+        .and_then(|e| EmailAddress::parse(e).ok());
     let erasure_id = (!dry_run).then(Uuid::now_v7);
     let mut plan = ErasurePlan {
         contact_id: c.id,
@@ -513,11 +533,10 @@ pub async fn erase_contact(
         return Ok(plan);
     }
     apply_erasure(&txn, tid, c.id, &delete).await?;
-    if let Some(address) = &c.email {
-        crate::breaches::forget_address(&txn, tid, address).await?;
-    }
     if let Some(email) = &email {
-        suppression::suppress(&txn, secret, tenant.id(), email, now).await?;
+        let index = vault.email_index(tenant.id(), email);
+        crate::breaches::forget_address(&txn, tid, &index).await?;
+        suppression::suppress(&txn, vault.suppression(), tenant.id(), email, now).await?;
     }
     dsr_request::Entity::update_many()
         .col_expr(dsr_request::Column::ErasureId, Expr::value(erasure_id))

@@ -18,8 +18,16 @@ use crate::db;
 use crate::entities::import_job;
 use crate::error::{DomainError, DomainResult};
 use crate::ids::TenantId;
-use crate::suppression::SuppressionSecret;
 use crate::tenancy::Tenant;
+use crate::vault::Vault;
+
+/// Associated data of a sealed uploaded file (it holds many people's data until imported).
+const PAYLOAD: &str = "import_jobs.payload";
+
+/// An uploaded file as stored until it is imported: sealed.
+pub(crate) fn sealed_payload(vault: &Vault, payload: &str) -> String {
+    vault.seal_system(PAYLOAD, payload)
+}
 
 /// At most this many row errors are kept on a job.
 const MAX_ERRORS: usize = 1000;
@@ -58,8 +66,11 @@ impl From<import_job::Model> for Job {
     }
 }
 
+// The vault and actor travel with every write; grouping them would only hide that.
+#[allow(clippy::too_many_arguments)]
 pub async fn create_job(
     db: &DatabaseConnection,
+    vault: &Vault,
     tenant: &Tenant,
     actor: &Actor,
     format: &str,
@@ -81,7 +92,11 @@ pub async fn create_job(
         updated: Set(0),
         failed: Set(0),
         errors: Set("[]".into()),
-        payload: Set(if total == 0 { String::new() } else { payload }),
+        payload: Set(if total == 0 {
+            String::new()
+        } else {
+            sealed_payload(vault, &payload)
+        }),
         locked_until: Set(None),
         created_at: Set(now),
         finished_at: Set((total == 0).then_some(now)),
@@ -114,6 +129,7 @@ pub struct ClaimedJob {
 
 pub async fn claim_job(
     db: &DatabaseConnection,
+    vault: &Vault,
     now: DateTime<Utc>,
     lease: Duration,
 ) -> DomainResult<Option<ClaimedJob>> {
@@ -144,7 +160,7 @@ pub async fn claim_job(
         actor_id: row.actor_id,
         format: row.format,
         processed: row.processed,
-        payload: row.payload,
+        payload: vault.open_system(PAYLOAD, &row.payload)?,
     }))
 }
 
@@ -155,7 +171,7 @@ pub async fn claim_job(
 pub async fn apply_chunk(
     db: &DatabaseConnection,
     job: &ClaimedJob,
-    secret: &SuppressionSecret,
+    vault: &Vault,
     items: Vec<(i64, BatchItem)>,
     invalid: Vec<(i64, String)>,
     processed_to: i64,
@@ -170,7 +186,7 @@ pub async fn apply_chunk(
         request_id: Some(format!("import:{}", job.id)),
     };
     let gate = SuppressionGate {
-        secret,
+        vault,
         override_reason: None,
     };
     let txn = db::begin_write(db).await?;

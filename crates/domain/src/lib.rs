@@ -29,6 +29,7 @@ pub mod passwords;
 pub mod personal_data;
 pub mod rate_limits;
 pub mod retention;
+pub mod sealing;
 pub mod secrets;
 pub mod sessions;
 pub mod sso;
@@ -38,6 +39,7 @@ pub mod tenancy;
 pub mod tenants;
 pub mod users;
 pub mod values;
+pub mod vault;
 
 pub use error::{DomainError, DomainResult, FieldError, InvalidValue};
 pub use tenancy::{Principal, Tenant, TenantKind};

@@ -241,6 +241,7 @@ pub const REGISTRY: &[TableClass] = &[
             not("last_error"),
             not("sent_at"),
             not("created_at"),
+            hidden("to_index", Pseudonymised),
         ],
     },
     TableClass {
@@ -471,6 +472,9 @@ pub const REGISTRY: &[TableClass] = &[
             not("version"),
             shown("legal_hold"),
             shown("redacted_at"),
+            // The key every identifying value above is sealed with (wrapped; see `vault`).
+            hidden("data_key", Pseudonymised),
+            hidden("email_index", Pseudonymised),
         ],
     },
     TableClass {

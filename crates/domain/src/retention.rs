@@ -17,8 +17,8 @@ use crate::entities::{contact, order, retention_policy, tenant};
 use crate::error::{DomainError, DomainResult, InvalidValue};
 use crate::gdpr;
 use crate::ids::{ContactId, TenantId};
-use crate::suppression::SuppressionSecret;
 use crate::tenancy::Tenant;
+use crate::vault::Vault;
 
 /// At most this many contacts per tenant and run, so one run stays bounded.
 pub const BATCH: u64 = 500;
@@ -138,7 +138,7 @@ pub struct RunReport {
 /// Applies one tenant's policies as of `now`.
 pub async fn run_for_tenant(
     db: &DatabaseConnection,
-    secret: &SuppressionSecret,
+    vault: &Vault,
     tenant: &Tenant,
     actor: &Actor,
     now: DateTime<Utc>,
@@ -180,11 +180,11 @@ pub async fn run_for_tenant(
             }
             let id = ContactId::from_uuid(c.id);
             let done = if policy.action == "erase" {
-                gdpr::erase_contact(db, secret, tenant, id, false, actor, now)
+                gdpr::erase_contact(db, vault, tenant, id, false, actor, now)
                     .await
                     .map(|_| report.erased.push(c.id))
             } else {
-                gdpr::redact_contact(db, tenant, id, actor, now)
+                gdpr::redact_contact(db, vault, tenant, id, actor, now)
                     .await
                     .map(|_| report.redacted.push(c.id))
             };
@@ -201,7 +201,7 @@ pub async fn run_for_tenant(
 /// Applies every active customer tenant's policies (the scheduled job and `crm retention run`).
 pub async fn run_all(
     db: &DatabaseConnection,
-    secret: &SuppressionSecret,
+    vault: &Vault,
     now: DateTime<Utc>,
 ) -> DomainResult<Vec<RunReport>> {
     let tenants = tenant::Entity::find()
@@ -212,7 +212,7 @@ pub async fn run_all(
     let mut reports = Vec::new();
     for t in tenants {
         let tenant = Tenant::scoped(TenantId::from_uuid(t.id));
-        let report = run_for_tenant(db, secret, &tenant, &Actor::system(), now).await?;
+        let report = run_for_tenant(db, vault, &tenant, &Actor::system(), now).await?;
         if !(report.erased.is_empty() && report.redacted.is_empty() && report.held.is_empty()) {
             reports.push(report);
         }

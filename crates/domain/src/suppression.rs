@@ -39,10 +39,15 @@ impl SuppressionSecret {
 
     /// The keyed digest of a normalised address for a tenant.
     pub fn digest(&self, tenant: TenantId, email: &EmailAddress) -> String {
+        self.digest_normalised(tenant, email.as_str())
+    }
+
+    /// [`SuppressionSecret::digest`] of an address already in its normalised form.
+    pub(crate) fn digest_normalised(&self, tenant: TenantId, email: &str) -> String {
         let key = self.tenant_key(tenant);
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap_or_else(|_| unreachable_mac());
-        mac.update(email.as_str().as_bytes());
+        mac.update(email.as_bytes());
         crate::secrets::hex(&mac.finalize().into_bytes())
     }
 }

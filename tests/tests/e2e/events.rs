@@ -474,7 +474,7 @@ both!(two_workers_deliver_each_event_once, |app| {
         let worker = crm_api::worker::Worker {
             db: crm_e2e::open_db(&app).await,
             secret_box: Arc::new(crm_api::keys::SecretBox::load(&app.key_dir, false).unwrap()),
-            suppression: crm_api::keys::load_suppression_secret(&app.key_dir, false).unwrap(),
+            vault: Arc::new(crm_api::keys::load_vault(&app.key_dir, false).unwrap()),
             settings: app.settings.clone(),
             clock: app.clock.clone(),
         };

@@ -549,10 +549,10 @@ both!(retention_job_with_an_injected_clock, |app| {
         .await;
     app.clock.advance(Duration::days(11));
     let db = crm_e2e::open_db(&app).await;
-    let secret = crm_api::keys::load_suppression_secret(&app.key_dir, false).unwrap();
+    let vault = crm_api::keys::load_vault(&app.key_dir, false).unwrap();
     let reports = crm_domain::retention::run_all(
         &db,
-        &secret,
+        &vault,
         crm_domain::clock::Clock::now(app.clock.as_ref()),
     )
     .await

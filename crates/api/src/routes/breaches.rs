@@ -416,8 +416,16 @@ pub async fn notify(
     i.finish()?;
     crate::routes::webauthn::require_step_up(&state, &caller.0)?;
     let now = state.clock.now();
-    let (b, report) =
-        breaches::notify(&state.db, &caller.0, id, late_reason, &caller.1, now).await?;
+    let (b, report) = breaches::notify(
+        &state.db,
+        &state.vault,
+        &caller.0,
+        id,
+        late_reason,
+        &caller.1,
+        now,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(NotifyOut {
         breach: out(b, now),
         controller_emails: report.emails,

@@ -266,6 +266,7 @@ pub async fn record_consent(
     };
     let r = consents::record_consent(
         &state.db,
+        &state.vault,
         &caller.0.tenant,
         id,
         input,
@@ -290,7 +291,8 @@ pub async fn get_consents(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = ContactId::from_uuid(path_id("contact", &id)?);
-    let (current, history) = consents::history(&state.db, &caller.0.tenant, id).await?;
+    let (current, history) =
+        consents::history(&state.db, &state.vault, &caller.0.tenant, id).await?;
     Ok(HttpResponse::Ok().json(ConsentState {
         current: current.into_iter().map(ConsentOut::from).collect(),
         history: history.into_iter().map(ConsentOut::from).collect(),
@@ -332,6 +334,7 @@ pub async fn withdraw_consent(
     i.finish()?;
     let r = consents::withdraw(
         &state.db,
+        &state.vault,
         &caller.0.tenant,
         id,
         &purpose,

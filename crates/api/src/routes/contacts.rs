@@ -204,7 +204,7 @@ pub async fn create_contact(
 ) -> Result<HttpResponse, ApiError> {
     let (input, override_reason) = read_new(&body)?;
     let gate = SuppressionGate {
-        secret: &state.suppression,
+        vault: &state.vault,
         override_reason,
     };
     let contact = contacts::create_contact(
@@ -235,7 +235,10 @@ pub struct ContactQuery {
     email: Option<String>,
     #[param(value_type = Option<Uuid>)]
     company_id: Option<String>,
-    /// Case-insensitive text in first name, last name or e-mail.
+    /// Case-insensitive text in first name, last name or e-mail. Personal values are stored
+    /// encrypted, so they are matched after decryption, over at most 2,000 contacts per page:
+    /// a page may hold fewer than `limit` matches (even none) with a `next_cursor` to go on
+    /// from; the list ends when `next_cursor` is null.
     #[param(min_length = 1, max_length = 200)]
     q: Option<String>,
     /// Only contacts changed at or after this time (RFC 3339).
@@ -271,7 +274,8 @@ pub async fn list_contacts(
         ),
     };
     errs.finish()?;
-    let page = contacts::list_contacts(&state.db, &caller.0.tenant, filter, page).await?;
+    let page =
+        contacts::list_contacts(&state.db, &state.vault, &caller.0.tenant, filter, page).await?;
     Ok(HttpResponse::Ok().json(ContactList::from(page.map(ContactOut::from))))
 }
 
@@ -290,7 +294,7 @@ pub async fn get_contact(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = ContactId::from_uuid(path_id("contact", &id)?);
-    let contact = contacts::get_contact(&state.db, &caller.0.tenant, id).await?;
+    let contact = contacts::get_contact(&state.db, &state.vault, &caller.0.tenant, id).await?;
     let version = contact.version;
     Ok(with_etag(
         StatusCode::OK,
@@ -327,7 +331,7 @@ pub async fn update_contact(
     let expected = if_match(&req)?;
     let (changes, override_reason) = read_patch(&body)?;
     let gate = SuppressionGate {
-        secret: &state.suppression,
+        vault: &state.vault,
         override_reason,
     };
     let contact = contacts::update_contact(
@@ -588,7 +592,7 @@ pub async fn batch_upsert(
         &state.db,
         &caller.0.tenant,
         valid,
-        &state.suppression,
+        &state.vault,
         &caller.1,
         state.clock.now(),
     )
@@ -756,6 +760,7 @@ pub async fn create_import(
     })?;
     let job = crm_domain::imports::create_job(
         &state.db,
+        &state.vault,
         &caller.0.tenant,
         &caller.1,
         format,

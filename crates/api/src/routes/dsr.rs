@@ -171,6 +171,7 @@ pub async fn create_request(
     };
     let r = dsr::create_request(
         &state.db,
+        &state.vault,
         &caller.0.tenant,
         input,
         &caller.1,
@@ -227,8 +228,15 @@ pub async fn list_requests(
             .map(ContactId::from_uuid),
     };
     errs.finish()?;
-    let page =
-        dsr::list_requests(&state.db, &caller.0.tenant, filter, page, state.clock.now()).await?;
+    let page = dsr::list_requests(
+        &state.db,
+        &state.vault,
+        &caller.0.tenant,
+        filter,
+        page,
+        state.clock.now(),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(DsrList::from(page.map(DsrOut::from))))
 }
 
@@ -246,7 +254,14 @@ pub async fn get_request(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("dsr_request", &id)?;
-    let r = dsr::get_request(&state.db, &caller.0.tenant, id, state.clock.now()).await?;
+    let r = dsr::get_request(
+        &state.db,
+        &state.vault,
+        &caller.0.tenant,
+        id,
+        state.clock.now(),
+    )
+    .await?;
     let version = r.version;
     Ok(with_etag(StatusCode::OK, &DsrOut::from(r), version))
 }
@@ -323,6 +338,7 @@ pub async fn update_request(
     };
     let r = dsr::update_request(
         &state.db,
+        &state.vault,
         &caller.0.tenant,
         id,
         changes,
@@ -476,7 +492,7 @@ pub async fn run_retention(
 ) -> Result<HttpResponse, ApiError> {
     let report = retention::run_for_tenant(
         &state.db,
-        &state.suppression,
+        &state.vault,
         &caller.0.tenant,
         &caller.1,
         state.clock.now(),

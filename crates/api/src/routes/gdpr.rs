@@ -64,6 +64,7 @@ pub async fn export_contact(
     let id = ContactId::from_uuid(path_id("contact", &id)?);
     let export = gdpr::export_contact(
         &state.db,
+        &state.vault,
         &caller.0.tenant,
         id,
         &caller.1,
@@ -98,6 +99,7 @@ pub async fn redact_contact(
     let id = ContactId::from_uuid(path_id("contact", &id)?);
     gdpr::redact_contact(
         &state.db,
+        &state.vault,
         &caller.0.tenant,
         id,
         &caller.1,
@@ -189,7 +191,7 @@ pub async fn erase_contact(
     }
     let plan = gdpr::erase_contact(
         &state.db,
-        &state.suppression,
+        &state.vault,
         &caller.0.tenant,
         id,
         dry_run,
@@ -307,8 +309,13 @@ pub async fn check_suppression(
     i.finish()?;
     let mut results = Vec::with_capacity(parsed.len());
     for email in parsed {
-        let suppressed =
-            is_suppressed(&state.db, &state.suppression, &caller.0.tenant, &email).await?;
+        let suppressed = is_suppressed(
+            &state.db,
+            state.vault.suppression(),
+            &caller.0.tenant,
+            &email,
+        )
+        .await?;
         results.push(SuppressionResult {
             email: email.to_string(),
             suppressed,

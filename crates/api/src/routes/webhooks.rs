@@ -362,11 +362,17 @@ pub async fn changes(
         .parse("limit", query.limit.as_deref(), int(1, 1000))
         .unwrap_or(100);
     errs.finish()?;
-    let data: Vec<ChangeOut> = events::changes(&state.db, &caller.0.tenant, since, limit as u64)
-        .await?
-        .into_iter()
-        .map(ChangeOut::from)
-        .collect();
+    let data: Vec<ChangeOut> = events::changes(
+        &state.db,
+        &state.vault,
+        &caller.0.tenant,
+        since,
+        limit as u64,
+    )
+    .await?
+    .into_iter()
+    .map(ChangeOut::from)
+    .collect();
     let next_since = data.last().map_or(since, |c| c.seq);
     Ok(HttpResponse::Ok().json(ChangeList { data, next_since }))
 }

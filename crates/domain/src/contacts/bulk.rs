@@ -33,6 +33,8 @@ const UPDATE: crate::db::Upsert = crate::db::Upsert {
         "job_title",
         "updated_at",
         "version",
+        "data_key",
+        "email_index",
     ],
 };
 
@@ -67,7 +69,7 @@ pub(super) async fn upsert(
     let mut audit_entries = Vec::new();
     let mut events = Vec::new();
     for item in items {
-        match apply(&mut known, item, gate, now) {
+        match apply(&mut known, tenant, item, gate, now) {
             Ok((outcome, details)) => {
                 let (contact, action) = match &outcome {
                     Applied::Created(c) => (c, "contact.created"),
@@ -100,7 +102,10 @@ pub(super) async fn upsert(
         .partition(|c| known.created.contains(&c.id.as_uuid()));
     for (rows, upsert) in [(changed, Some(&UPDATE)), (new, None)] {
         let n = rows.len() as u64;
-        let models: Vec<contact::ActiveModel> = rows.into_iter().map(|c| row(tenant, c)).collect();
+        let models: Vec<contact::ActiveModel> = rows
+            .into_iter()
+            .map(|c| row(gate.vault, tenant, c))
+            .collect();
         match crate::db::insert_rows(db, models, upsert).await {
             Ok(count) if count == n => {}
             Ok(_) => return Ok(None),
@@ -151,6 +156,11 @@ async fn read(
         .into_iter()
         .collect();
 
+    // The blind index of each address is also its suppression digest.
+    let digests: HashMap<String, &EmailAddress> = emails
+        .iter()
+        .map(|e| (gate.vault.email_index(tenant.id(), e), *e))
+        .collect();
     let mut contacts = HashMap::new();
     if !ids.is_empty() || !emails.is_empty() {
         let mut any = Condition::any();
@@ -158,7 +168,7 @@ async fn read(
             any = any.add(contact::Column::Id.is_in(ids));
         }
         if !emails.is_empty() {
-            any = any.add(contact::Column::Email.is_in(emails.iter().map(|e| e.as_str())));
+            any = any.add(contact::Column::EmailIndex.is_in(digests.keys().cloned()));
         }
         // Rows an item may change are locked (PostgreSQL; SQLite writers are serial).
         let found = contact::Entity::find()
@@ -168,7 +178,7 @@ async fn read(
             .all(db)
             .await?;
         for m in found {
-            contacts.insert(m.id, Contact::from(m));
+            contacts.insert(m.id, Contact::open(gate.vault, tenant, m)?);
         }
     }
     let by_email = contacts
@@ -193,10 +203,6 @@ async fn read(
 
     let mut suppressed = HashSet::new();
     if !emails.is_empty() {
-        let digests: HashMap<String, &EmailAddress> = emails
-            .iter()
-            .map(|e| (gate.secret.digest(tenant.id(), e), *e))
-            .collect();
         let hits = suppression::Entity::find()
             .select_only()
             .column(suppression::Column::EmailHmac)
@@ -229,6 +235,7 @@ enum Applied {
 /// outcome and the audit details.
 fn apply(
     known: &mut Known,
+    tenant: &Tenant,
     item: &BatchItem,
     gate: &SuppressionGate<'_>,
     now: DateTime<Utc>,
@@ -302,8 +309,10 @@ fn apply(
             {
                 return Err(email_taken());
             }
+            let id = ContactId::new();
             let created = Contact {
-                id: ContactId::new(),
+                id,
+                key: std::sync::Arc::new(gate.vault.new_data_key(tenant.id(), id.as_uuid())),
                 company_id: f.company_id.clone().apply_to(None),
                 first_name,
                 last_name,

@@ -17,6 +17,10 @@ pub struct Model {
     pub version: i32,
     pub legal_hold: bool,
     pub redacted_at: Option<DateTimeUtc>,
+    /// The contact's data key, wrapped by a key-encryption key (see `vault`).
+    pub data_key: Option<Vec<u8>>,
+    /// Blind index of the e-mail address (lookups and uniqueness).
+    pub email_index: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,290 @@
+//! Seals what was written in the clear before personal values were sealed (see [`crate::vault`]):
+//! contact rows, their event payloads and consent texts, request notes, queued messages and
+//! uploaded import files. Runs when the service starts (and by `crm migrate`), in batches of
+//! one transaction each, and is idempotent: a sealed value is never sealed twice.
+
+use std::collections::HashMap;
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use uuid::Uuid;
+
+use crate::contacts::{self, Contact};
+use crate::entities::{consent, contact, dsr_request, email_outbox, event, import_job};
+use crate::error::DomainResult;
+use crate::ids::TenantId;
+use crate::tenancy::Tenant;
+use crate::vault::{self, Vault};
+
+const BATCH: u64 = 1000;
+
+/// What [`seal_older_rows`] sealed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sealed {
+    pub contacts: u64,
+    pub events: u64,
+    pub consents: u64,
+    pub requests: u64,
+    pub messages: u64,
+    pub imports: u64,
+}
+
+impl Sealed {
+    pub fn total(&self) -> u64 {
+        self.contacts + self.events + self.consents + self.requests + self.messages + self.imports
+    }
+}
+
+pub async fn seal_older_rows(db: &DatabaseConnection, vault: &Vault) -> DomainResult<Sealed> {
+    let mut done = Sealed::default();
+    // Contacts first: the other rows are sealed with their keys.
+    loop {
+        let n = seal_contacts(db, vault).await?;
+        done.contacts += n;
+        if n < BATCH {
+            break;
+        }
+    }
+    let mut after = None;
+    loop {
+        let (n, last) = seal_events(db, vault, after).await?;
+        done.events += n;
+        match last {
+            Some(id) => after = Some(id),
+            None => break,
+        }
+    }
+    loop {
+        let n = seal_consents(db, vault).await?;
+        done.consents += n;
+        if n < BATCH {
+            break;
+        }
+    }
+    done.requests = seal_requests(db, vault).await?;
+    done.messages = seal_messages(db, vault).await?;
+    done.imports = seal_imports(db, vault).await?;
+    Ok(done)
+}
+
+async fn seal_contacts(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
+    let txn = crate::db::begin_write(db).await?;
+    // Locked, so a write in between cannot be overwritten with what was read.
+    let rows = contact::Entity::find()
+        .filter(contact::Column::DataKey.is_null())
+        .order_by_asc(contact::Column::Id)
+        .limit(BATCH)
+        .lock_exclusive()
+        .all(&txn)
+        .await?;
+    let n = rows.len() as u64;
+    let mut models = Vec::with_capacity(rows.len());
+    for m in rows {
+        let tenant = Tenant::scoped(TenantId::from_uuid(m.tenant_id));
+        // A row without a key opens as clear text and gets a new key.
+        let c = Contact::open(vault, &tenant, m)?;
+        models.push(contacts::row(vault, &tenant, &c));
+    }
+    crate::db::insert_rows(&txn, models, Some(&contacts::SEAL_UPSERT)).await?;
+    txn.commit().await?;
+    Ok(n)
+}
+
+/// One batch of a contact event's payloads in the clear; answers the last event id looked at
+/// (`None` when there are no more).
+async fn seal_events(
+    db: &DatabaseConnection,
+    vault: &Vault,
+    after: Option<Uuid>,
+) -> DomainResult<(u64, Option<Uuid>)> {
+    let txn = crate::db::begin_write(db).await?;
+    // Payloads in the clear are JSON objects; sealed ones are JSON strings.
+    let mut q = event::Entity::find()
+        .filter(event::Column::Payload.like("{%"))
+        .filter(event::Column::ObjectType.eq("contact"))
+        .filter(event::Column::EventType.is_in(["contact.created", "contact.updated"]))
+        .filter(event::Column::SubjectContactId.is_not_null())
+        .order_by_asc(event::Column::Id)
+        .limit(BATCH);
+    if let Some(after) = after {
+        q = q.filter(event::Column::Id.gt(after));
+    }
+    let rows = q.all(&txn).await?;
+    let last = (rows.len() as u64 == BATCH)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    // Payloads already reduced to ids (erased or deleted contacts) stay as they are.
+    let ids_only = |p: &str| {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(p).is_ok_and(|m| {
+            m.keys()
+                .all(|k| ["id", "erased", "deleted"].contains(&k.as_str()))
+        })
+    };
+    let clear: Vec<event::Model> = rows.into_iter().filter(|r| !ids_only(&r.payload)).collect();
+    let keys = keys_for(
+        &txn,
+        vault,
+        clear
+            .iter()
+            .filter_map(|r| r.subject_contact_id.map(|c| (r.tenant_id, c))),
+    )
+    .await?;
+    let mut n = 0;
+    for r in clear {
+        let Some(subject) = r.subject_contact_id else {
+            continue;
+        };
+        let sealed = match (keys.get(&subject), serde_json::from_str(&r.payload)) {
+            (Some(key), Ok(payload)) => crate::events::sealed_payload(key, &payload).to_string(),
+            // The contact is gone: its events keep ids only.
+            _ => serde_json::json!({"id": r.object_id, "deleted": true}).to_string(),
+        };
+        event::Entity::update_many()
+            .col_expr(event::Column::Payload, Expr::value(sealed))
+            .filter(event::Column::Id.eq(r.id))
+            .exec(&txn)
+            .await?;
+        n += 1;
+    }
+    txn.commit().await?;
+    Ok((n, last))
+}
+
+async fn keys_for(
+    db: &impl ConnectionTrait,
+    vault: &Vault,
+    subjects: impl Iterator<Item = (Uuid, Uuid)>,
+) -> DomainResult<HashMap<Uuid, vault::DataKey>> {
+    let mut by_tenant: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for (t, c) in subjects {
+        by_tenant.entry(t).or_default().push(c);
+    }
+    let mut keys = HashMap::new();
+    for (t, ids) in by_tenant {
+        keys.extend(contacts::data_keys(db, vault, TenantId::from_uuid(t), ids).await?);
+    }
+    Ok(keys)
+}
+
+fn not_sealed(col: impl ColumnTrait, prefix: &str) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(col.is_not_null())
+        .add(col.not_like(format!("{prefix}%")))
+}
+
+async fn seal_consents(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
+    let txn = crate::db::begin_write(db).await?;
+    let rows = consent::Entity::find()
+        .filter(
+            sea_orm::Condition::any()
+                .add(not_sealed(consent::Column::Source, "s1:"))
+                .add(not_sealed(consent::Column::Evidence, "s1:")),
+        )
+        .order_by_asc(consent::Column::Id)
+        .limit(BATCH)
+        .all(&txn)
+        .await?;
+    let n = rows.len() as u64;
+    let keys = keys_for(
+        &txn,
+        vault,
+        rows.iter().map(|r| (r.tenant_id, r.contact_id)),
+    )
+    .await?;
+    for r in rows {
+        let Some(key) = keys.get(&r.contact_id) else {
+            continue;
+        };
+        let seal = |field, v: Option<String>| match v {
+            Some(v) if !vault::is_sealed(&v) => Some(key.seal(field, &v)),
+            other => other,
+        };
+        consent::Entity::update_many()
+            .set(consent::ActiveModel {
+                source: Set(seal(crate::consents::SOURCE, r.source)),
+                evidence: Set(seal(crate::consents::EVIDENCE, r.evidence)),
+                ..Default::default()
+            })
+            .filter(consent::Column::Id.eq(r.id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(n)
+}
+
+async fn seal_requests(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
+    let txn = crate::db::begin_write(db).await?;
+    let rows = dsr_request::Entity::find()
+        .filter(
+            sea_orm::Condition::any()
+                .add(not_sealed(dsr_request::Column::ExtensionReason, "k1:"))
+                .add(not_sealed(dsr_request::Column::Outcome, "k1:")),
+        )
+        .all(&txn)
+        .await?;
+    let n = rows.len() as u64;
+    for r in rows {
+        let seal = |field, v: Option<String>| match v {
+            Some(v) if !v.starts_with("k1:") => Some(vault.seal_system(field, &v)),
+            other => other,
+        };
+        dsr_request::Entity::update_many()
+            .set(dsr_request::ActiveModel {
+                extension_reason: Set(seal(crate::dsr::EXTENSION_REASON, r.extension_reason)),
+                outcome: Set(seal(crate::dsr::OUTCOME, r.outcome)),
+                ..Default::default()
+            })
+            .filter(dsr_request::Column::Id.eq(r.id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(n)
+}
+
+async fn seal_messages(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
+    let txn = crate::db::begin_write(db).await?;
+    let rows = email_outbox::Entity::find()
+        .filter(email_outbox::Column::ToAddress.not_like("k1:%"))
+        .all(&txn)
+        .await?;
+    let n = rows.len() as u64;
+    for r in rows {
+        let (to, index) = crate::breaches::sealed_address(vault, r.tenant_id, &r.to_address);
+        email_outbox::Entity::update_many()
+            .col_expr(email_outbox::Column::ToAddress, Expr::value(to))
+            .col_expr(email_outbox::Column::ToIndex, Expr::value(index))
+            .filter(email_outbox::Column::Id.eq(r.id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(n)
+}
+
+async fn seal_imports(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
+    let txn = crate::db::begin_write(db).await?;
+    let rows = import_job::Entity::find()
+        .filter(import_job::Column::Payload.ne(""))
+        .filter(import_job::Column::Payload.not_like("k1:%"))
+        .all(&txn)
+        .await?;
+    let n = rows.len() as u64;
+    for r in rows {
+        import_job::Entity::update_many()
+            .col_expr(
+                import_job::Column::Payload,
+                Expr::value(crate::imports::sealed_payload(vault, &r.payload)),
+            )
+            .filter(import_job::Column::Id.eq(r.id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(n)
+}
