@@ -238,6 +238,26 @@ pub fn generate_kek(dir: &Path) -> Result<u16, KeyError> {
     Ok(next)
 }
 
+/// Deletes a key-encryption key's file (after `crm keys rotate-data-key` re-wrapped what it
+/// wrapped). Refuses the newest one, which wraps new data keys.
+pub fn remove_kek(dir: &Path, id: u16) -> Result<(), KeyError> {
+    let ids = list_keks(dir)?;
+    if ids.last() == Some(&id) {
+        return Err(KeyError::Format(format!(
+            "{}: data-{id}.kek is the newest key-encryption key; rotate first",
+            dir.display()
+        )));
+    }
+    if !ids.contains(&id) {
+        return Err(KeyError::Missing(format!(
+            "{} (no data-{id}.kek)",
+            dir.display()
+        )));
+    }
+    let path = dir.join(kek_file(id));
+    std::fs::remove_file(&path).map_err(|e| KeyError::Io(path.display().to_string(), e))
+}
+
 fn kek_file(id: u16) -> String {
     format!("data-{id}.kek")
 }

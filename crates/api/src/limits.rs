@@ -510,10 +510,10 @@ pub async fn idempotency<B: MessageBody + 'static>(
                 .map(|v| (n.as_str().to_owned(), v.to_owned()))
         })
         .collect();
+    // Under the key-encryption key, so rotating and retiring it reaches these copies too.
     let sealed = state
-        .secret_box
-        .seal(&String::from_utf8_lossy(&bytes))
-        .map_err(ApiError::Internal)?;
+        .vault
+        .seal_system(idempotency::BODY, &String::from_utf8_lossy(&bytes));
     let stored = Stored {
         status: status.as_u16(),
         headers: serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into()),
@@ -527,10 +527,18 @@ pub async fn idempotency<B: MessageBody + 'static>(
 }
 
 fn replay(state: &AppState, stored: &Stored) -> Result<actix_web::HttpResponse<BoxBody>, ApiError> {
-    let body = state
-        .secret_box
-        .open(&stored.body_enc)
-        .map_err(ApiError::Internal)?;
+    let body = if stored.body_enc.starts_with("k1:") {
+        state
+            .vault
+            .open_system(idempotency::BODY, &stored.body_enc)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?
+    } else {
+        // Stored by an earlier version (sealed with the SSO secret); gone within a day.
+        state
+            .secret_box
+            .open(&stored.body_enc)
+            .map_err(ApiError::Internal)?
+    };
     let status = StatusCode::from_u16(stored.status)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored status: {e}")))?;
     let mut res = actix_web::HttpResponse::build(status);

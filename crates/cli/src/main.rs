@@ -41,6 +41,10 @@ commands:
   keys list                     list signing keys (the last one signs)
   keys rotate                   add a new signing key; restart the service to use it
   keys remove KID               remove a key; its tokens fail after the next restart
+  keys rotate-data-key          add a key-encryption key and wrap every contact's data key
+                                (and every value sealed under a KEK) with it
+  keys retire-data-key N        wrap what is still under older keys with the newest, then
+                                delete data-N.kek: erased people's leftovers under it are gone
   help                          this text
 
 configuration comes from CRM_* environment variables (see README.md)";
@@ -362,6 +366,17 @@ fn retention_run() -> anyhow::Result<()> {
     })
 }
 
+/// Wraps every data key, and seals every KEK-sealed value, with the newest KEK.
+fn rewrap(settings: &Settings) -> anyhow::Result<crm_domain::sealing::Rewrapped> {
+    let vault = crm_api::keys::load_vault(&settings.key_dir, false)?;
+    runtime()?.block_on(async move {
+        let db = open_database(settings).await?;
+        crm_domain::sealing::rewrap_all(&db, &vault)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
+}
+
 fn keys(args: &[String]) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let dir = &settings.key_dir;
@@ -389,6 +404,31 @@ fn keys(args: &[String]) -> anyhow::Result<()> {
             println!("removed {kid}; tokens it signed are refused after the next restart");
             Ok(())
         }
-        _ => bail!("usage: crm keys list | rotate | remove KID"),
+        ["rotate-data-key"] => {
+            let id = crm_api::keys::generate_kek(dir)?;
+            let done = rewrap(&settings)?;
+            println!(
+                "added key-encryption key {id} and wrapped {} data keys and {} sealed values with it; \
+                 restart every node, then run `crm keys retire-data-key N` for each older key once \
+                 no backup that needs it is kept",
+                done.data_keys, done.values
+            );
+            Ok(())
+        }
+        ["retire-data-key", id] => {
+            let id: u16 = id.parse().context("a key-encryption key id is a number")?;
+            // Catches what a node still running with the older key wrapped since the rotation.
+            let done = rewrap(&settings)?;
+            crm_api::keys::remove_kek(dir, id)?;
+            println!(
+                "wrapped {} more data keys and {} values with the newest key; deleted data-{id}.kek: \
+                 erased people's data in old row versions, WAL and backups under it cannot be opened any more",
+                done.data_keys, done.values
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "usage: crm keys list | rotate | remove KID | rotate-data-key | retire-data-key N"
+        ),
     }
 }

@@ -609,7 +609,7 @@ pub async fn notify(
 // The e-mail outbox
 
 /// The associated data of sealed outbox addresses.
-const TO_ADDRESS: &str = "email_outbox.to_address";
+pub(crate) const TO_ADDRESS: &str = "email_outbox.to_address";
 
 /// A message's address as stored: sealed (a data subject's address must not outlive their
 /// erasure in old row versions), and its blind index, by which an erasure finds the

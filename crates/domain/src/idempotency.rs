@@ -12,6 +12,10 @@ use uuid::Uuid;
 use crate::entities::idempotency_key;
 use crate::error::DomainResult;
 
+/// Associated data of a stored body sealed with [`crate::vault::Vault::seal_system`] (it can
+/// name a person, so it must not outlive an erasure in the clear).
+pub const BODY: &str = "idempotency_keys.body_enc";
+
 /// How long a finished key is kept.
 pub const RETENTION: Duration = Duration::hours(24);
 /// A request still "in flight" after this long was abandoned (its node died): another request

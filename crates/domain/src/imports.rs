@@ -22,7 +22,7 @@ use crate::tenancy::Tenant;
 use crate::vault::Vault;
 
 /// Associated data of a sealed uploaded file (it holds many people's data until imported).
-const PAYLOAD: &str = "import_jobs.payload";
+pub(crate) const PAYLOAD: &str = "import_jobs.payload";
 
 /// An uploaded file as stored until it is imported: sealed.
 pub(crate) fn sealed_payload(vault: &Vault, payload: &str) -> String {

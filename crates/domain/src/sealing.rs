@@ -288,3 +288,119 @@ async fn seal_imports(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u6
     txn.commit().await?;
     Ok(n)
 }
+
+/// What [`rewrap_all`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// Contact data keys now wrapped by the current KEK.
+    pub data_keys: u64,
+    /// Values sealed under a KEK directly, sealed again under the current one.
+    pub values: u64,
+}
+
+/// Values sealed under a KEK directly: (table, id column, column, associated data).
+const SYSTEM_SEALED: &[(&str, &str, &str)] = &[
+    (
+        "dsr_requests",
+        "extension_reason",
+        crate::dsr::EXTENSION_REASON,
+    ),
+    ("dsr_requests", "outcome", crate::dsr::OUTCOME),
+    ("email_outbox", "to_address", crate::breaches::TO_ADDRESS),
+    ("import_jobs", "payload", crate::imports::PAYLOAD),
+];
+
+/// Key rotation: wraps every contact's data key with the vault's current (newest) KEK and
+/// seals again what is sealed under an older KEK directly. Afterwards the older KEKs open
+/// nothing the database holds live — only copies of erased people's keys in old row
+/// versions, WAL and backups — and can be destroyed once no backup that needs them is kept.
+pub async fn rewrap_all(db: &DatabaseConnection, vault: &Vault) -> DomainResult<Rewrapped> {
+    let mut done = Rewrapped::default();
+    let mut after: Option<Uuid> = None;
+    loop {
+        let txn = crate::db::begin_write(db).await?;
+        let mut q = contact::Entity::find()
+            .select_only()
+            .column(contact::Column::Id)
+            .column(contact::Column::TenantId)
+            .column(contact::Column::DataKey)
+            .filter(contact::Column::DataKey.is_not_null())
+            .order_by_asc(contact::Column::Id)
+            .limit(BATCH);
+        if let Some(after) = after {
+            q = q.filter(contact::Column::Id.gt(after));
+        }
+        let rows: Vec<(Uuid, Uuid, Option<Vec<u8>>)> = q.into_tuple().all(&txn).await?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            break;
+        };
+        for (id, tenant, wrapped) in rows {
+            let Some(wrapped) = wrapped else { continue };
+            if let Some(new) = vault.rewrap(TenantId::from_uuid(tenant), id, &wrapped)? {
+                contact::Entity::update_many()
+                    .col_expr(contact::Column::DataKey, Expr::value(new))
+                    .filter(contact::Column::Id.eq(id))
+                    .filter(contact::Column::DataKey.eq(wrapped))
+                    .exec(&txn)
+                    .await?;
+                done.data_keys += 1;
+            }
+        }
+        txn.commit().await?;
+        after = Some(last);
+    }
+    for (table, column, purpose) in SYSTEM_SEALED {
+        done.values += reseal_column(db, vault, table, column, purpose).await?;
+    }
+    done.values += reseal_column(
+        db,
+        vault,
+        "idempotency_keys",
+        "body_enc",
+        crate::idempotency::BODY,
+    )
+    .await?;
+    Ok(done)
+}
+
+/// Seals a column's KEK-sealed values again under the current KEK, row by row (keyed by the
+/// sealed value itself, so a row changed meanwhile is left to the next run).
+async fn reseal_column(
+    db: &DatabaseConnection,
+    vault: &Vault,
+    table: &str,
+    column: &str,
+    purpose: &str,
+) -> DomainResult<u64> {
+    use sea_orm::Statement;
+    let backend = db.get_database_backend();
+    let txn = crate::db::begin_write(db).await?;
+    let rows = txn
+        .query_all_raw(Statement::from_string(
+            backend,
+            format!("SELECT {column} AS v FROM {table} WHERE {column} LIKE 'k1:%'"),
+        ))
+        .await?;
+    let mut n = 0;
+    for r in rows {
+        let old: String = r.try_get("", "v")?;
+        if let Some(new) = vault.reseal_system(purpose, &old)? {
+            let placeholders = match backend {
+                sea_orm::DbBackend::Postgres => ("$1", "$2"),
+                _ => ("?", "?"),
+            };
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "UPDATE {table} SET {column} = {} WHERE {column} = {}",
+                    placeholders.0, placeholders.1
+                ),
+                [new.into(), old.into()],
+            ))
+            .await?;
+            n += 1;
+        }
+    }
+    txn.commit().await?;
+    Ok(n)
+}

@@ -250,6 +250,20 @@ impl Vault {
         format!("{SYSTEM}{}", B64.encode(raw))
     }
 
+    /// [`Vault::seal_system`]'s output sealed again under the current KEK; `None` when it is
+    /// already (or is not sealed at all).
+    pub fn reseal_system(&self, purpose: &str, stored: &str) -> DomainResult<Option<String>> {
+        let Some(body) = stored.strip_prefix(SYSTEM) else {
+            return Ok(None);
+        };
+        let raw = B64.decode(body).map_err(|_| broken(purpose))?;
+        if raw.get(..2) == Some(&self.current_kek().to_be_bytes()[..]) {
+            return Ok(None);
+        }
+        let plain = self.open_system(purpose, stored)?;
+        Ok(Some(self.seal_system(purpose, &plain)))
+    }
+
     /// Opens [`Vault::seal_system`]'s output; a value without its prefix is returned as it is
     /// (written before values were sealed).
     pub fn open_system(&self, purpose: &str, stored: &str) -> DomainResult<String> {

@@ -723,3 +723,70 @@ both!(pagination_is_stable_under_inserts, |app| {
     sorted.sort();
     assert_eq!(sorted, seen, "stable id order");
 });
+
+// `q` is matched on opened (decrypted) values, over at most 2,000 contacts per page: a page
+// can come back short, even empty, with a cursor to go on from.
+both!(search_goes_on_past_the_scan_limit_with_a_cursor, |app| {
+    let s = app.new_tenant().await;
+    for chunk in 0..3 {
+        let items: Vec<Value> = (0..700)
+            .map(|i| json!({"first_name": "Filler", "email": format!("filler{chunk}-{i}@example.org")}))
+            .collect();
+        let resp = app
+            .post("/v1/contacts/batch", &s.access, &json!({"items": items}))
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let needle = app
+        .create(
+            "/v1/contacts",
+            &s.access,
+            json!({"first_name": "Nell", "last_name": "Finchley"}),
+        )
+        .await;
+    let page: Value = app
+        .get("/v1/contacts?q=FINCH&limit=10", &s.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["data"],
+        json!([]),
+        "2,000 fillers looked at, no match yet"
+    );
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a cursor to go on from");
+    let page: Value = app
+        .get(
+            &format!("/v1/contacts?q=FINCH&limit=10&cursor={cursor}"),
+            &s.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"][0]["id"], needle["id"]);
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_cursor"], Value::Null, "the end of the list");
+    // A full page stops at `limit` matches, with a cursor.
+    let page: Value = app
+        .get("/v1/contacts?q=filler1-&limit=5", &s.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let emails: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails.len(), 5);
+    assert!(
+        emails.iter().all(|e| e.starts_with("filler1-")),
+        "{emails:?}"
+    );
+    assert!(page["next_cursor"].is_string());
+});

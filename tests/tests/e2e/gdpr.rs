@@ -496,6 +496,173 @@ both!(erased_people_are_not_in_the_database_files, |app| {
     db.close().await.ok();
 });
 
+// The key-encryption key rotates and the old one is retired: everything stays readable
+// through a node that has only the new key, and what the old key wrapped (copies of data
+// keys in old row versions, WAL, backups) no longer opens. A row written in the clear by an
+// older version is sealed when a node starts.
+both!(data_keys_rotate_and_older_rows_are_sealed, |app| {
+    use sea_orm::{ConnectionTrait, Statement};
+    let s = app.new_tenant().await;
+    let contact = app
+        .create(
+            "/v1/contacts",
+            &s.access,
+            json!({"first_name": "Rowena", "last_name": "Rotherhithe", "email": "rowena@example.org"}),
+        )
+        .await;
+    let id = contact["id"].as_str().unwrap().to_owned();
+    app.create(
+        "/v1/purposes",
+        &s.access,
+        json!({"key": "news", "name": "News"}),
+    )
+    .await;
+    let consent = json!({"purpose": "news", "status": "granted", "lawful_basis": "consent",
+                         "channel": "web", "evidence": "Rowena ticked the box"});
+    app.create(&format!("/v1/contacts/{id}/consents"), &s.access, consent)
+        .await;
+    let request = app
+        .create(
+            "/v1/dsr",
+            &s.access,
+            json!({"kind": "access", "contact_id": id}),
+        )
+        .await;
+    let request_path = format!("/v1/dsr/{}", request["id"].as_str().unwrap());
+    assert_eq!(
+        app.patch(
+            &request_path,
+            &s.access,
+            &json!({"outcome": "sent to Rowena by post"})
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    // A stored idempotent answer (sealed under the KEK).
+    let idem_key = format!("rotation-{}", crm_e2e::random_hex(8));
+    let create_idem = |base: String| {
+        app.client
+            .post(format!("{base}/v1/contacts"))
+            .bearer_auth(&s.access)
+            .header("Idempotency-Key", &idem_key)
+            .json(&json!({"email": "idem.rotation@example.org"}))
+            .send()
+    };
+    let first = create_idem(app.base.clone()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+
+    let db = open_db(&app).await;
+    let backend = db.get_database_backend();
+    let lit = crm_e2e::id_literal(app.backend, &id);
+    // A row as an older version wrote it: in the clear, without a data key or blind index.
+    let legacy = uuid::Uuid::now_v7().to_string();
+    db.execute_unprepared(&format!(
+        "INSERT INTO contacts (id, tenant_id, first_name, last_name, email, created_at, updated_at, version, legal_hold) \
+         SELECT {}, tenant_id, 'Lenora', 'Legacy', 'lenora.legacy@example.org', created_at, updated_at, 1, legal_hold \
+         FROM contacts WHERE id = {lit}",
+        crm_e2e::id_literal(app.backend, &legacy)
+    ))
+    .await
+    .unwrap();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            format!("SELECT tenant_id, data_key FROM contacts WHERE id = {lit}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let tenant: uuid::Uuid = row.try_get_by_index(0).unwrap();
+    let wrapped_before: Vec<u8> = row.try_get_by_index(1).unwrap();
+
+    assert_eq!(crm_api::keys::generate_kek(&app.key_dir).unwrap(), 2);
+    let vault = crm_api::keys::load_vault(&app.key_dir, false).unwrap();
+    let done = crm_domain::sealing::rewrap_all(&db, &vault).await.unwrap();
+    assert_eq!(done.data_keys, 2, "both sealed contacts: {done:?}");
+    assert_eq!(
+        done.values, 2,
+        "the request's outcome and the stored answer: {done:?}"
+    );
+    assert_eq!(
+        crm_domain::sealing::rewrap_all(&db, &vault).await.unwrap(),
+        crm_domain::sealing::Rewrapped::default(),
+        "a second pass finds nothing left under the old key"
+    );
+    assert!(
+        crm_api::keys::remove_kek(&app.key_dir, 2).is_err(),
+        "the newest key stays"
+    );
+    crm_api::keys::remove_kek(&app.key_dir, 1).unwrap();
+    let retired = crm_api::keys::load_vault(&app.key_dir, false).unwrap();
+    let contact_uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let tid = crm_domain::ids::TenantId::from_uuid(tenant);
+    assert!(
+        retired
+            .data_key(tid, contact_uuid, &wrapped_before)
+            .is_err(),
+        "the key as wrapped before the rotation opens no more"
+    );
+
+    // A node with only the new key: it seals the older row when it starts.
+    let (base, handle) = app.second_node().await;
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        let token = s.access.clone();
+        let client = app.client.clone();
+        async move {
+            let resp = client.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(
+        get(format!("/v1/contacts/{id}")).await["last_name"],
+        "Rotherhithe"
+    );
+    assert_eq!(
+        get(format!("/v1/contacts/{legacy}")).await["first_name"],
+        "Lenora"
+    );
+    let found = get("/v1/contacts?email=lenora.legacy@example.org".into()).await;
+    assert_eq!(found["data"][0]["id"], legacy.as_str());
+    let consents = get(format!("/v1/contacts/{id}/consents")).await;
+    assert_eq!(consents["history"][0]["evidence"], "Rowena ticked the box");
+    assert_eq!(
+        get(request_path.clone()).await["outcome"],
+        "sent to Rowena by post"
+    );
+    let again = create_idem(base.clone()).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let sealed = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT first_name, email_index FROM contacts WHERE id = {}",
+                crm_e2e::id_literal(app.backend, &legacy)
+            ),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        sealed
+            .try_get_by_index::<String>(0)
+            .unwrap()
+            .starts_with("s1:")
+    );
+    assert!(
+        sealed
+            .try_get_by_index::<Option<String>>(1)
+            .unwrap()
+            .is_some()
+    );
+    handle.stop(true).await;
+    db.close().await.ok();
+});
+
 both!(dry_run_changes_nothing_and_legal_hold_blocks, |app| {
     let s = app.new_tenant().await;
     // Erasure needs a recent WebAuthn step-up.
