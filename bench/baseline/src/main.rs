@@ -2,23 +2,27 @@
 //! verifies the same EdDSA access token as the API (signature, issuer, audience, expiry) and
 //! runs the same session check query, then the same SQL as the API's endpoint:
 //!
-//! - `GET /v1/contacts/{id}`: the contact query; the row as JSON.
+//! - `GET /v1/contacts/{id}`: the contact query; the row as JSON, its personal values opened
+//!   with the contact's data key (unwrapped with the key-encryption key), as the API does.
 //! - `GET /v1/contacts?limit=50&updated_since=…`: the list query (one row more than the page,
 //!   to know whether there is a next one); `{data, next_cursor}`.
 //! - `POST /v1/contacts`: one transaction with the API's statements — suppression lookup
-//!   (keyed digest), insert, the tenant's chain lock, the audit entry (hash-chained), the
-//!   event (next `seq`) and the webhook endpoints lookup.
+//!   (keyed digest, also the e-mail's blind index), insert (values sealed with a new data
+//!   key), the tenant's chain lock, the audit entry (hash-chained), the event (next `seq`,
+//!   its payload sealed) and the webhook endpoints lookup.
 //!
 //! No validation beyond parsing, no error mapping, no middleware: what the API costs beyond
 //! this is the price of its framework and its checks.
 //!
 //! Environment: `BASELINE_DATABASE_URL` (postgres:// or sqlite:), `BASELINE_LISTEN`
-//! (127.0.0.1:port), `BASELINE_JWK_X` (the base64url Ed25519 public key of the API's JWKS),
+//! (127.0.0.1:port), `BASELINE_KEY_DIR` (the API's key directory: its key-encryption keys
+//! and suppression secret), `BASELINE_JWK_X` (the base64url Ed25519 public key of the API's JWKS),
 //! `BASELINE_ISSUER`, `BASELINE_AUDIENCE`, `BASELINE_WORKERS`.
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use chrono::{DateTime, SecondsFormat, Utc};
-use hmac::{Hmac, Mac};
+use crm_domain::ids::TenantId;
+use crm_domain::vault::{DataKey, Vault};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sea_orm::sqlx::{self, PgPool, Row, SqlitePool};
 use serde::{Deserialize, Serialize};
@@ -36,8 +40,8 @@ enum Pool {
 
 struct State {
     pool: Pool,
-    /// Stands in for the API's suppression secret (same work; nothing is ever suppressed).
-    suppression_key: [u8; 32],
+    /// The API's keys of personal data (from its key directory).
+    vault: Vault,
     key: DecodingKey,
     validation: Validation,
 }
@@ -66,12 +70,12 @@ struct Contact {
 }
 
 const SESSION_SQL: &str = "SELECT sessions.user_id, sessions.auth_time, sessions.amr, sessions.expires_at, sessions.webauthn_at, users.role, tenants.kind, tenants.mfa_required FROM sessions INNER JOIN users ON users.tenant_id = sessions.tenant_id AND users.id = sessions.user_id INNER JOIN tenants ON tenants.id = sessions.tenant_id WHERE sessions.tenant_id = $1 AND sessions.id = $2 AND sessions.revoked_at IS NULL AND sessions.expires_at > $3 AND users.active = $4 AND tenants.active = $5";
-const CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at FROM contacts WHERE tenant_id = $1 AND id = $2 LIMIT 1";
+const CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, data_key, email_index FROM contacts WHERE tenant_id = $1 AND id = $2 LIMIT 1";
 
-const LIST_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at FROM contacts WHERE tenant_id = $1 AND updated_at >= $2 ORDER BY id ASC LIMIT $3";
+const LIST_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, data_key, email_index FROM contacts WHERE tenant_id = $1 AND updated_at >= $2 ORDER BY id ASC LIMIT $3";
 const SUPPRESSED_SQL: &str =
     "SELECT tenant_id FROM suppressions WHERE tenant_id = $1 AND email_hmac = $2 LIMIT 1";
-const INSERT_SQL: &str = "INSERT INTO contacts (id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+const INSERT_SQL: &str = "INSERT INTO contacts (id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, data_key, email_index) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
 const LAST_AUDIT_SQL: &str =
     "SELECT seq, hash FROM audit_events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1";
@@ -111,17 +115,26 @@ macro_rules! authenticate {
 }
 
 macro_rules! contact_of {
-    ($r:expr) => {{
+    ($r:expr, $vault:expr, $tid:expr) => {{
         let r = $r;
         (|| {
+            let id: Uuid = r.try_get("id").ok()?;
+            let wrapped: Vec<u8> = r.try_get("data_key").ok()?;
+            let key = $vault
+                .data_key(TenantId::from_uuid($tid), id, &wrapped)
+                .ok()?;
+            let open = |field: &str| -> Option<Option<String>> {
+                let stored: Option<String> = r.try_get(field).ok()?;
+                key.open_opt(field, stored).ok()
+            };
             Some(Contact {
-                id: r.try_get("id").ok()?,
+                id,
                 company_id: r.try_get("company_id").ok()?,
-                first_name: r.try_get("first_name").ok()?,
-                last_name: r.try_get("last_name").ok()?,
-                email: r.try_get("email").ok()?,
-                phone: r.try_get("phone").ok()?,
-                job_title: r.try_get("job_title").ok()?,
+                first_name: open("first_name")?,
+                last_name: open("last_name")?,
+                email: open("email")?,
+                phone: open("phone")?,
+                job_title: open("job_title")?,
                 created_at: r.try_get("created_at").ok()?,
                 updated_at: r.try_get("updated_at").ok()?,
                 version: r.try_get("version").ok()?,
@@ -144,7 +157,7 @@ macro_rules! lookup {
             .await
             .ok()
             .flatten()
-            .and_then(|r| contact_of!(r))
+            .and_then(|r| contact_of!(r, $state.vault, tid))
             .map_or_else(
                 || HttpResponse::NotFound().finish(),
                 |c| HttpResponse::Ok().json(c),
@@ -166,7 +179,10 @@ macro_rules! list {
         let Ok(rows) = rows else {
             return HttpResponse::InternalServerError().finish();
         };
-        let mut data: Vec<Contact> = rows.iter().filter_map(|r| contact_of!(r)).collect();
+        let mut data: Vec<Contact> = rows
+            .iter()
+            .filter_map(|r| contact_of!(r, $state.vault, tid))
+            .collect();
         let next_cursor = if data.len() as i64 > $q.limit {
             data.truncate($q.limit as usize);
             data.last().map(|c| c.id.simple().to_string())
@@ -199,12 +215,19 @@ macro_rules! create {
             legal_hold: false,
             redacted_at: None,
         };
+        let key = $state.vault.new_data_key(TenantId::from_uuid(tid), c.id);
+        let seal = |field: &str, v: &Option<String>| key.seal_opt(field, v.as_deref());
+        // The suppression digest, which is also the e-mail's blind index.
+        let index = c
+            .email
+            .as_deref()
+            .map(|e| digest_email(&$state.vault, tid, e));
         let result: Result<(), sqlx::Error> = async {
             let mut tx = $tx.await?;
-            if let Some(e) = &c.email {
+            if let Some(index) = &index {
                 sqlx::query(SUPPRESSED_SQL)
                     .bind(tid)
-                    .bind(digest_email(&$state.suppression_key, tid, e))
+                    .bind(index)
                     .fetch_optional(&mut *tx)
                     .await?;
             }
@@ -212,16 +235,18 @@ macro_rules! create {
                 .bind(c.id)
                 .bind(tid)
                 .bind(c.company_id)
-                .bind(&c.first_name)
-                .bind(&c.last_name)
-                .bind(&c.email)
-                .bind(&c.phone)
-                .bind(&c.job_title)
+                .bind(seal("first_name", &c.first_name))
+                .bind(seal("last_name", &c.last_name))
+                .bind(seal("email", &c.email))
+                .bind(seal("phone", &c.phone))
+                .bind(seal("job_title", &c.job_title))
                 .bind(c.created_at)
                 .bind(c.updated_at)
                 .bind(c.version)
                 .bind(c.legal_hold)
                 .bind(c.redacted_at)
+                .bind(key.wrapped())
+                .bind(&index)
                 .execute(&mut *tx)
                 .await?;
             if $pg {
@@ -259,7 +284,7 @@ macro_rules! create {
                 Some(r) => r.try_get::<i64, _>("seq")? + 1,
                 None => 1,
             };
-            let payload = serde_json::to_string(&c).unwrap_or_default();
+            let payload = sealed_payload(&key, &c);
             sqlx::query(EVENT_SQL)
                 .bind(Uuid::now_v7())
                 .bind(tid)
@@ -307,15 +332,47 @@ fn claims(req: &HttpRequest, state: &State) -> Option<(Uuid, Uuid, Uuid)> {
     ))
 }
 
-/// The API's keyed digest of an address: a per-tenant key derived from the secret.
-fn digest_email(secret: &[u8; 32], tenant: Uuid, email: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
-    mac.update(b"suppression-key:");
-    mac.update(tenant.as_bytes());
-    let key = mac.finalize().into_bytes();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap_or_else(|_| unreachable!());
-    mac.update(email.as_bytes());
-    hex(&mac.finalize().into_bytes())
+/// The API's keyed digest of an address (its suppression digest and blind index).
+fn digest_email(vault: &Vault, tenant: Uuid, email: &str) -> String {
+    match crm_domain::values::EmailAddress::parse(email) {
+        Ok(e) => vault.email_index(TenantId::from_uuid(tenant), &e),
+        Err(_) => String::new(),
+    }
+}
+
+/// The event payload as the API stores it: sealed with the contact's key, as a JSON string.
+fn sealed_payload(key: &DataKey, c: &Contact) -> String {
+    let plain = serde_json::to_string(c).unwrap_or_default();
+    serde_json::Value::String(key.seal("event.payload", &plain)).to_string()
+}
+
+/// The API's keys of personal data, from its key directory: `data-<n>.kek` and
+/// `suppression.secret` (64 hex characters each).
+fn load_vault(dir: &str) -> std::io::Result<Vault> {
+    let secret = |name: &str| -> std::io::Result<[u8; 32]> {
+        let raw = std::fs::read_to_string(std::path::Path::new(dir).join(name))?;
+        let raw = raw.trim();
+        let bytes: Option<Vec<u8>> = (0..raw.len() / 2)
+            .map(|i| u8::from_str_radix(raw.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        bytes
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| std::io::Error::other(format!("{name} is not 64 hex characters")))
+    };
+    let mut keks = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name
+            .strip_prefix("data-")
+            .and_then(|n| n.strip_suffix(".kek"))
+            .and_then(|n| n.parse::<u16>().ok())
+        {
+            keks.push((id, secret(&name)?));
+        }
+    }
+    let index =
+        crm_domain::suppression::SuppressionSecret::from_bytes(secret("suppression.secret")?);
+    Vault::new(keks, index).map_err(std::io::Error::other)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -460,7 +517,7 @@ async fn main() -> std::io::Result<()> {
     let workers: usize = env("BASELINE_WORKERS").parse().unwrap_or(2);
     let state = web::Data::new(State {
         pool,
-        suppression_key: [7; 32],
+        vault: load_vault(&env("BASELINE_KEY_DIR"))?,
         key,
         validation,
     });

@@ -42,11 +42,13 @@ impl Sealed {
 pub async fn seal_older_rows(db: &DatabaseConnection, vault: &Vault) -> DomainResult<Sealed> {
     let mut done = Sealed::default();
     // Contacts first: the other rows are sealed with their keys.
+    let mut after = None;
     loop {
-        let n = seal_contacts(db, vault).await?;
+        let (n, last) = seal_contacts(db, vault, after).await?;
         done.contacts += n;
-        if n < BATCH {
-            break;
+        match last {
+            Some(id) => after = Some(id),
+            None => break,
         }
     }
     let mut after = None;
@@ -71,17 +73,26 @@ pub async fn seal_older_rows(db: &DatabaseConnection, vault: &Vault) -> DomainRe
     Ok(done)
 }
 
-async fn seal_contacts(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
+/// One batch of contacts in the clear after `after` (in id order, so each batch starts where
+/// the last one ended); answers how many and the last id (`None` when there are no more).
+async fn seal_contacts(
+    db: &DatabaseConnection,
+    vault: &Vault,
+    after: Option<Uuid>,
+) -> DomainResult<(u64, Option<Uuid>)> {
     let txn = crate::db::begin_write(db).await?;
     // Locked, so a write in between cannot be overwritten with what was read.
-    let rows = contact::Entity::find()
+    let mut q = contact::Entity::find()
         .filter(contact::Column::DataKey.is_null())
         .order_by_asc(contact::Column::Id)
         .limit(BATCH)
-        .lock_exclusive()
-        .all(&txn)
-        .await?;
+        .lock_exclusive();
+    if let Some(after) = after {
+        q = q.filter(contact::Column::Id.gt(after));
+    }
+    let rows = q.all(&txn).await?;
     let n = rows.len() as u64;
+    let last = (n == BATCH).then(|| rows.last().map(|r| r.id)).flatten();
     let mut models = Vec::with_capacity(rows.len());
     for m in rows {
         let tenant = Tenant::scoped(TenantId::from_uuid(m.tenant_id));
@@ -91,7 +102,7 @@ async fn seal_contacts(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
     }
     crate::db::insert_rows(&txn, models, Some(&contacts::SEAL_UPSERT)).await?;
     txn.commit().await?;
-    Ok(n)
+    Ok((n, last))
 }
 
 /// One batch of a contact event's payloads in the clear; answers the last event id looked at
@@ -188,7 +199,9 @@ async fn seal_consents(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
         .limit(BATCH)
         .all(&txn)
         .await?;
-    let n = rows.len() as u64;
+    // Counts what it sealed: the caller stops at a short batch, so a row that cannot be
+    // sealed (no key) never makes it loop.
+    let mut n = 0;
     let keys = keys_for(
         &txn,
         vault,
@@ -199,6 +212,7 @@ async fn seal_consents(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
         let Some(key) = keys.get(&r.contact_id) else {
             continue;
         };
+        n += 1;
         let seal = |field, v: Option<String>| match v {
             Some(v) if !vault::is_sealed(&v) => Some(key.seal(field, &v)),
             other => other,
