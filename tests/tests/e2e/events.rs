@@ -423,6 +423,38 @@ both!(erasure_scrubs_events_and_tombstones_carry_ids_only, |app| {
     down.stop().await;
 });
 
+// Contact events are stored sealed with the contact's data key: while the contact exists the
+// feed shows them whole; once it is deleted its earlier events show ids only.
+both!(a_deleted_contacts_earlier_events_keep_ids_only, |app| {
+    let admin = app.new_tenant().await;
+    let email = format!("deleted-{}@example.com", random_hex(6));
+    let c = app
+        .create(
+            "/v1/contacts",
+            &admin.access,
+            json!({"first_name": "Dora", "email": email}),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap();
+    let before = feed(&app, &admin.access, 0).await;
+    let created = &before["data"][0];
+    assert_eq!(created["type"], "contact.created");
+    assert_eq!(created["data"]["email"], email.as_str());
+    assert_eq!(created["data"]["first_name"], "Dora");
+    assert_eq!(
+        app.delete(&format!("/v1/contacts/{id}"), &admin.access)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let after = feed(&app, &admin.access, 0).await;
+    let events = after["data"].as_array().unwrap();
+    assert_eq!(events[0]["data"], json!({"id": id, "deleted": true}));
+    assert_eq!(events.last().unwrap()["type"], "contact.deleted");
+    assert_eq!(events.last().unwrap()["data"], json!({"id": id}));
+    assert!(!after.to_string().contains(&email), "{after}");
+});
+
 both!(sub_processor_changes_reach_every_tenant, |app| {
     let a = app.new_tenant().await;
     let b = app.new_tenant().await;
