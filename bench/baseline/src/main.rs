@@ -346,35 +346,6 @@ fn sealed_payload(key: &DataKey, c: &Contact) -> String {
     serde_json::Value::String(key.seal("event.payload", &plain)).to_string()
 }
 
-/// The API's keys of personal data, from its key directory: `data-<n>.kek` and
-/// `suppression.secret` (64 hex characters each).
-fn load_vault(dir: &str) -> std::io::Result<Vault> {
-    let secret = |name: &str| -> std::io::Result<[u8; 32]> {
-        let raw = std::fs::read_to_string(std::path::Path::new(dir).join(name))?;
-        let raw = raw.trim();
-        let bytes: Option<Vec<u8>> = (0..raw.len() / 2)
-            .map(|i| u8::from_str_radix(raw.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
-        bytes
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| std::io::Error::other(format!("{name} is not 64 hex characters")))
-    };
-    let mut keks = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(id) = name
-            .strip_prefix("data-")
-            .and_then(|n| n.strip_suffix(".kek"))
-            .and_then(|n| n.parse::<u16>().ok())
-        {
-            keks.push((id, secret(&name)?));
-        }
-    }
-    let index =
-        crm_domain::suppression::SuppressionSecret::from_bytes(secret("suppression.secret")?);
-    Vault::new(keks, index).map_err(std::io::Error::other)
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -517,7 +488,9 @@ async fn main() -> std::io::Result<()> {
     let workers: usize = env("BASELINE_WORKERS").parse().unwrap_or(2);
     let state = web::Data::new(State {
         pool,
-        vault: load_vault(&env("BASELINE_KEY_DIR"))?,
+        // The API's own loader: the keys are read once, at start.
+        vault: crm_api::keys::load_vault(std::path::Path::new(&env("BASELINE_KEY_DIR")), false)
+            .map_err(std::io::Error::other)?,
         key,
         validation,
     });

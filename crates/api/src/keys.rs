@@ -158,22 +158,28 @@ impl KeyStore {
     }
 }
 
-fn list_keys(dir: &Path) -> Result<Vec<String>, KeyError> {
+/// The names of the files in the key directory (none when it does not exist yet).
+fn file_names(dir: &Path) -> Result<Vec<String>, KeyError> {
     let display = dir.display().to_string();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(KeyError::Io(display, e)),
     };
-    let mut kids = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| KeyError::Io(display.clone(), e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(kid) = name.strip_suffix(".pem") {
-            kids.push(kid.to_owned());
-        }
-    }
-    Ok(kids)
+    entries
+        .map(|entry| {
+            entry
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .map_err(|e| KeyError::Io(display.clone(), e))
+        })
+        .collect()
+}
+
+fn list_keys(dir: &Path) -> Result<Vec<String>, KeyError> {
+    Ok(file_names(dir)?
+        .iter()
+        .filter_map(|name| name.strip_suffix(".pem").map(str::to_owned))
+        .collect())
 }
 
 const SUPPRESSION_FILE: &str = "suppression.secret";
@@ -264,23 +270,15 @@ fn kek_file(id: u16) -> String {
 
 /// The ids of the key-encryption keys in `dir`, ascending.
 pub fn list_keks(dir: &Path) -> Result<Vec<u16>, KeyError> {
-    let display = dir.display().to_string();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(KeyError::Io(display, e)),
-    };
     let mut ids = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| KeyError::Io(display.clone(), e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in file_names(dir)? {
         if let Some(id) = name
             .strip_prefix("data-")
             .and_then(|n| n.strip_suffix(".kek"))
         {
             ids.push(
                 id.parse::<u16>()
-                    .map_err(|_| KeyError::Format(entry.path().display().to_string()))?,
+                    .map_err(|_| KeyError::Format(dir.join(&name).display().to_string()))?,
             );
         }
     }
