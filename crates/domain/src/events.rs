@@ -544,27 +544,33 @@ pub async fn claim_due(
         .filter(webhook_delivery::Column::Id.is_in(ids))
         .exec(&txn)
         .await?;
-    let mut claimed = Vec::with_capacity(due.len());
+    let mut rows = Vec::with_capacity(due.len());
     for d in due {
         let ep = webhook_endpoint::Entity::find_by_id(d.endpoint_id)
             .one(&txn)
             .await?;
         let ev = event::Entity::find_by_id(d.event_id).one(&txn).await?;
         if let (Some(ep), Some(ev)) = (ep, ev) {
-            let (tenant, subject) = (TenantId::from_uuid(ev.tenant_id), ev.subject_contact_id);
-            let mut event = [ChangeEvent::from(ev)];
-            open_payloads(&txn, vault, tenant, &mut event, &[subject]).await?;
-            let [event] = event;
-            claimed.push(Claimed {
-                id: d.id,
-                attempts: d.attempts,
-                url: ep.url,
-                secret_enc: ep.secret_enc,
-                event,
-            });
+            rows.push((d, ep, ev));
         }
     }
     txn.commit().await?;
+    // Payloads are opened after the claim is committed: the write lock (SQLite) is not held
+    // for it.
+    let mut claimed = Vec::with_capacity(rows.len());
+    for (d, ep, ev) in rows {
+        let (tenant, subject) = (TenantId::from_uuid(ev.tenant_id), ev.subject_contact_id);
+        let mut event = [ChangeEvent::from(ev)];
+        open_payloads(db, vault, tenant, &mut event, &[subject]).await?;
+        let [event] = event;
+        claimed.push(Claimed {
+            id: d.id,
+            attempts: d.attempts,
+            url: ep.url,
+            secret_enc: ep.secret_enc,
+            event,
+        });
+    }
     Ok(claimed)
 }
 
