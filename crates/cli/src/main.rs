@@ -41,10 +41,11 @@ commands:
   keys list                     list signing keys (the last one signs)
   keys rotate                   add a new signing key; restart the service to use it
   keys remove KID               remove a key; its tokens fail after the next restart
-  keys rotate-data-key          add a key-encryption key and wrap every contact's data key
-                                (and every value sealed under a KEK) with it
-  keys retire-data-key N        wrap what is still under older keys with the newest, then
-                                delete data-N.kek: erased people's leftovers under it are gone
+  keys rotate-data-key          add a key-encryption key; restart every node to use it
+  keys retire-data-key N        wrap every contact's data key (and every value sealed under a
+                                key-encryption key) with the newest key, check nothing is left
+                                under key N, then delete data-N.kek: erased people's leftovers
+                                under it are gone
   help                          this text
 
 configuration comes from CRM_* environment variables (see README.md)";
@@ -366,14 +367,27 @@ fn retention_run() -> anyhow::Result<()> {
     })
 }
 
-/// Wraps every data key, and seals every KEK-sealed value, with the newest KEK.
-fn rewrap(settings: &Settings) -> anyhow::Result<crm_domain::sealing::Rewrapped> {
+/// Wraps every data key, and seals every KEK-sealed value, with the newest KEK (passes until
+/// one changes nothing), then counts what is still under key `id`.
+fn retire(settings: &Settings, id: u16) -> anyhow::Result<(crm_domain::sealing::Rewrapped, u64)> {
     let vault = crm_api::keys::load_vault(&settings.key_dir, false)?;
     runtime()?.block_on(async move {
         let db = open_database(settings).await?;
-        crm_domain::sealing::rewrap_all(&db, &vault)
+        let mut done = crm_domain::sealing::Rewrapped::default();
+        for _ in 0..5 {
+            let pass = crm_domain::sealing::rewrap_all(&db, &vault)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            done.data_keys += pass.data_keys;
+            done.values += pass.values;
+            if pass == crm_domain::sealing::Rewrapped::default() {
+                break;
+            }
+        }
+        let left = crm_domain::sealing::count_under(&db, id)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((done, left))
     })
 }
 
@@ -405,24 +419,33 @@ fn keys(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["rotate-data-key"] => {
+            // Only the file: nodes read keys at start, and a key wrapped with one a node has not
+            // loaded would not open there. The re-wrap comes with `retire-data-key`.
             let id = crm_api::keys::generate_kek(dir)?;
-            let done = rewrap(&settings)?;
             println!(
-                "added key-encryption key {id} and wrapped {} data keys and {} sealed values with it; \
-                 restart every node, then run `crm keys retire-data-key N` for each older key once \
-                 no backup that needs it is kept",
-                done.data_keys, done.values
+                "added key-encryption key {id}; restart every node (they wrap new data keys with it \
+                 from then on), then run `crm keys retire-data-key N` for each older key once no \
+                 backup that needs it is kept"
             );
             Ok(())
         }
         ["retire-data-key", id] => {
             let id: u16 = id.parse().context("a key-encryption key id is a number")?;
-            // Catches what a node still running with the older key wrapped since the rotation.
-            let done = rewrap(&settings)?;
+            if crm_api::keys::list_keks(dir)?.last() == Some(&id) {
+                bail!("data-{id}.kek is the newest key-encryption key; rotate first");
+            }
+            let (done, left) = retire(&settings, id)?;
+            if left > 0 {
+                bail!(
+                    "{left} keys or values are still under key {id} (written meanwhile, e.g. by a node \
+                     that has not restarted since the rotation): restart every node and run this again"
+                );
+            }
             crm_api::keys::remove_kek(dir, id)?;
             println!(
-                "wrapped {} more data keys and {} values with the newest key; deleted data-{id}.kek: \
-                 erased people's data in old row versions, WAL and backups under it cannot be opened any more",
+                "wrapped {} data keys and {} values with the newest key; nothing is left under key {id}; \
+                 deleted data-{id}.kek: what it wrapped in old row versions, WAL and backups (erased \
+                 people's data among it) cannot be opened any more",
                 done.data_keys, done.values
             );
             Ok(())

@@ -213,7 +213,7 @@ pub async fn record_consent(
     now: DateTime<Utc>,
 ) -> DomainResult<ConsentRecord> {
     let txn = db::begin_write(db).await?;
-    let key = crate::contacts::subject_key(&txn, vault, tenant, contact_id).await?;
+    let key = crate::contacts::subject_key(&txn, vault, tenant, contact_id, true).await?;
     let purpose = match purpose_by_key(&txn, tenant, &input.purpose_key).await {
         Err(DomainError::NotFound(_)) => {
             return Err(DomainError::invalid(
@@ -344,7 +344,7 @@ pub async fn history(
     tenant: &Tenant,
     contact_id: ContactId,
 ) -> DomainResult<(Vec<ConsentRecord>, Vec<ConsentRecord>)> {
-    let key = crate::contacts::subject_key(db, vault, tenant, contact_id).await?;
+    let key = crate::contacts::subject_key(db, vault, tenant, contact_id, false).await?;
     let purposes: BTreeMap<Uuid, String> = purpose::Entity::find()
         .filter(purpose::Column::TenantId.eq(tenant.id().as_uuid()))
         .all(db)

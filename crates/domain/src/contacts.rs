@@ -42,6 +42,9 @@ pub struct Contact {
     pub redacted_at: Option<DateTime<Utc>>,
     /// The contact's own data key: every identifying value is stored sealed with it.
     pub(crate) key: Arc<DataKey>,
+    /// Whether the row holds that key already (an update then leaves the stored, possibly
+    /// since re-wrapped, key alone); false for a new contact or a row written in the clear.
+    pub(crate) key_stored: bool,
 }
 
 /// Creating or changing a contact's e-mail to a suppressed (erased) address is refused unless
@@ -81,6 +84,7 @@ impl Contact {
             legal_hold: m.legal_hold,
             redacted_at: m.redacted_at,
             key: Arc::new(key),
+            key_stored: sealed,
         })
     }
 }
@@ -198,7 +202,7 @@ pub(crate) async fn data_keys(
     vault: &Vault,
     tenant: crate::ids::TenantId,
     ids: Vec<uuid::Uuid>,
-) -> DomainResult<HashMap<uuid::Uuid, DataKey>> {
+) -> DomainResult<HashMap<uuid::Uuid, SubjectKey>> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -213,29 +217,50 @@ pub(crate) async fn data_keys(
         .await?;
     let mut out = HashMap::with_capacity(rows.len());
     for (id, wrapped) in rows {
-        if let Some(w) = wrapped {
-            out.insert(id, vault.data_key(tenant, id, &w)?);
-        }
+        let key = match wrapped {
+            None => SubjectKey::NotSealed,
+            Some(w) => match vault.data_key(tenant, id, &w) {
+                Ok(k) => SubjectKey::Open(Box::new(k)),
+                Err(e) => {
+                    log::error!("contact {id}: {e}");
+                    SubjectKey::Unreadable
+                }
+            },
+        };
+        out.insert(id, key);
     }
     Ok(out)
 }
 
-/// The data key of one contact, to seal what is written about them (consent evidence,
-/// request notes); not found when the contact does not exist in the tenant.
+/// A contact's key as [`data_keys`] finds it (a contact that does not exist is not there).
+pub(crate) enum SubjectKey {
+    Open(Box<DataKey>),
+    /// The row was written in the clear by an earlier version and is not sealed yet.
+    NotSealed,
+    /// Its key does not open (a key-encryption key missing from the key directory).
+    Unreadable,
+}
+
+/// The data key of one contact, to seal what is written about them (consent evidence);
+/// not found when the contact does not exist in the tenant. A writer passes `for_write`: the
+/// contact row stays locked until its transaction ends, so a redaction (which replaces the
+/// key) cannot slip in between and leave the new value sealed with a discarded key.
 pub(crate) async fn subject_key(
     db: &impl ConnectionTrait,
     vault: &Vault,
     tenant: &Tenant,
     id: ContactId,
+    for_write: bool,
 ) -> DomainResult<DataKey> {
-    let wrapped: Option<Option<Vec<u8>>> = contact::Entity::find()
+    let mut q = contact::Entity::find()
         .select_only()
         .column(contact::Column::DataKey)
         .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
-        .filter(contact::Column::Id.eq(id.as_uuid()))
-        .into_tuple()
-        .one(db)
-        .await?;
+        .filter(contact::Column::Id.eq(id.as_uuid()));
+    if for_write {
+        q = q.lock_exclusive();
+    }
+    let wrapped: Option<Option<Vec<u8>>> = q.into_tuple().one(db).await?;
     match wrapped {
         None => Err(DomainError::NotFound("contact")),
         Some(Some(w)) => vault.data_key(tenant.id(), id.as_uuid(), &w),
@@ -401,6 +426,7 @@ async fn create_in(
         legal_hold: false,
         redacted_at: None,
         key,
+        key_stored: false,
     };
     contact::Entity::insert(row(gate.vault, tenant, &created))
         .exec_without_returning(txn)
@@ -629,6 +655,10 @@ async fn update_in(
     set.created_at = sea_orm::ActiveValue::NotSet;
     set.legal_hold = sea_orm::ActiveValue::NotSet;
     set.redacted_at = sea_orm::ActiveValue::NotSet;
+    if updated.key_stored {
+        // Key rotation may have re-wrapped it since it was read: never write back the old wrap.
+        set.data_key = sea_orm::ActiveValue::NotSet;
+    }
     let result = contact::Entity::update_many()
         .set(set)
         .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))

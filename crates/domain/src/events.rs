@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::audit::{self, Actor, Event as AuditEvent};
+use crate::contacts::SubjectKey;
 use crate::entities::{event, tenant, webhook_delivery, webhook_endpoint};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::TenantId;
@@ -197,11 +198,23 @@ async fn open_payloads(
         if !crate::vault::is_sealed(text) {
             continue;
         }
-        e.data = match subject.and_then(|s| keys.get(&s)) {
-            Some(key) => serde_json::from_str(&key.open(PAYLOAD_FIELD, text)?)
-                .map_err(|_| DomainError::Internal("event payload is not JSON".into()))?,
-            None => json!({"id": e.object_id, "deleted": true}),
+        // One payload that does not open must not stop the feed or the deliveries behind it:
+        // it shows ids only, and the cause goes to the log.
+        let opened = match subject.and_then(|s| keys.get(&s)) {
+            Some(SubjectKey::Open(key)) => key
+                .open(PAYLOAD_FIELD, text)
+                .ok()
+                .and_then(|plain| serde_json::from_str(&plain).ok()),
+            Some(_) => None,
+            None => {
+                e.data = json!({"id": e.object_id, "deleted": true});
+                continue;
+            }
         };
+        e.data = opened.unwrap_or_else(|| {
+            log::error!("event {}: its payload does not open", e.id);
+            json!({"id": e.object_id, "unreadable": true})
+        });
     }
     Ok(())
 }

@@ -493,11 +493,18 @@ pub async fn erase_contact(
         .into_iter()
         .map(|r| r.id)
         .collect();
-    let person = Contact::open(vault, tenant, c.clone())?;
-    let email = person
-        .email
-        .as_deref()
-        .and_then(|e| EmailAddress::parse(e).ok());
+    // A contact whose key does not open (its key-encryption key is gone) is still erased:
+    // only its address cannot be put on the suppression list, and the plan says so.
+    let email = match Contact::open(vault, tenant, c.clone()) {
+        Ok(person) => person
+            .email
+            .as_deref()
+            .and_then(|e| EmailAddress::parse(e).ok()),
+        Err(e) => {
+            log::error!("erasing contact {}: {e}", c.id);
+            None
+        }
+    };
     let erasure_id = (!dry_run).then(Uuid::now_v7);
     let mut plan = ErasurePlan {
         contact_id: c.id,

@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::contacts::{self, Contact};
+use crate::contacts::{self, Contact, SubjectKey};
 use crate::entities::{consent, contact, dsr_request, email_outbox, event, import_job};
 use crate::error::DomainResult;
 use crate::ids::TenantId;
@@ -92,7 +92,9 @@ async fn seal_contacts(
     }
     let rows = q.all(&txn).await?;
     let n = rows.len() as u64;
-    let last = (n == BATCH).then(|| rows.last().map(|r| r.id)).flatten();
+    // Stops only at an empty batch: rows another node sealed meanwhile drop out of a batch
+    // (PostgreSQL re-checks them after the lock wait), so a short batch is not the end.
+    let last = rows.last().map(|r| r.id);
     let mut models = Vec::with_capacity(rows.len());
     for m in rows {
         let tenant = Tenant::scoped(TenantId::from_uuid(m.tenant_id));
@@ -150,13 +152,20 @@ async fn seal_events(
             continue;
         };
         let sealed = match (keys.get(&subject), serde_json::from_str(&r.payload)) {
-            (Some(key), Ok(payload)) => crate::events::sealed_payload(key, &payload).to_string(),
+            (Some(SubjectKey::Open(key)), Ok(payload)) => {
+                crate::events::sealed_payload(key, &payload).to_string()
+            }
             // The contact is gone: its events keep ids only.
-            _ => serde_json::json!({"id": r.object_id, "deleted": true}).to_string(),
+            (None, _) => serde_json::json!({"id": r.object_id, "deleted": true}).to_string(),
+            // Its row is not sealed yet (another node is sealing it, or an older version
+            // wrote it): left for a later pass.
+            _ => continue,
         };
+        // Only if unchanged since it was read (an erasure may have scrubbed it meanwhile).
         event::Entity::update_many()
             .col_expr(event::Column::Payload, Expr::value(sealed))
             .filter(event::Column::Id.eq(r.id))
+            .filter(event::Column::Payload.eq(r.payload.clone()))
             .exec(&txn)
             .await?;
         n += 1;
@@ -169,7 +178,7 @@ async fn keys_for(
     db: &impl ConnectionTrait,
     vault: &Vault,
     subjects: impl Iterator<Item = (Uuid, Uuid)>,
-) -> DomainResult<HashMap<Uuid, vault::DataKey>> {
+) -> DomainResult<HashMap<Uuid, SubjectKey>> {
     let mut by_tenant: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     for (t, c) in subjects {
         by_tenant.entry(t).or_default().push(c);
@@ -181,10 +190,32 @@ async fn keys_for(
     Ok(keys)
 }
 
-fn not_sealed(col: impl ColumnTrait, prefix: &str) -> sea_orm::Condition {
+/// The row still holds what was read: sealing never overwrites a change made meanwhile (a
+/// redaction, an erasure, an edit on another node).
+fn unchanged(col: impl ColumnTrait, old: &Option<String>) -> sea_orm::Condition {
+    match old {
+        Some(v) => sea_orm::Condition::all().add(col.eq(v.clone())),
+        None => sea_orm::Condition::all().add(col.is_null()),
+    }
+}
+
+/// A value that does not start with `prefix`, compared case-sensitively on both databases
+/// (SQLite's `LIKE` ignores case, so a value in the clear starting with `S1:` would slip by).
+fn lacks_prefix(col: impl ColumnTrait + Copy, prefix: &str) -> sea_orm::sea_query::Expr {
+    use sea_orm::sea_query::{ExprTrait, Func, SimpleExpr};
+    Expr::expr(SimpleExpr::from(
+        Func::cust("substr")
+            .arg(Expr::col(col))
+            .arg(1)
+            .arg(prefix.len() as i32),
+    ))
+    .ne(prefix)
+}
+
+fn not_sealed(col: impl ColumnTrait + Copy, prefix: &str) -> sea_orm::Condition {
     sea_orm::Condition::all()
         .add(col.is_not_null())
-        .add(col.not_like(format!("{prefix}%")))
+        .add(lacks_prefix(col, prefix))
 }
 
 async fn seal_consents(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
@@ -209,7 +240,7 @@ async fn seal_consents(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
     )
     .await?;
     for r in rows {
-        let Some(key) = keys.get(&r.contact_id) else {
+        let Some(SubjectKey::Open(key)) = keys.get(&r.contact_id) else {
             continue;
         };
         n += 1;
@@ -219,11 +250,13 @@ async fn seal_consents(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
         };
         consent::Entity::update_many()
             .set(consent::ActiveModel {
-                source: Set(seal(crate::consents::SOURCE, r.source)),
-                evidence: Set(seal(crate::consents::EVIDENCE, r.evidence)),
+                source: Set(seal(crate::consents::SOURCE, r.source.clone())),
+                evidence: Set(seal(crate::consents::EVIDENCE, r.evidence.clone())),
                 ..Default::default()
             })
             .filter(consent::Column::Id.eq(r.id))
+            .filter(unchanged(consent::Column::Source, &r.source))
+            .filter(unchanged(consent::Column::Evidence, &r.evidence))
             .exec(&txn)
             .await?;
     }
@@ -249,11 +282,19 @@ async fn seal_requests(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
         };
         dsr_request::Entity::update_many()
             .set(dsr_request::ActiveModel {
-                extension_reason: Set(seal(crate::dsr::EXTENSION_REASON, r.extension_reason)),
-                outcome: Set(seal(crate::dsr::OUTCOME, r.outcome)),
+                extension_reason: Set(seal(
+                    crate::dsr::EXTENSION_REASON,
+                    r.extension_reason.clone(),
+                )),
+                outcome: Set(seal(crate::dsr::OUTCOME, r.outcome.clone())),
                 ..Default::default()
             })
             .filter(dsr_request::Column::Id.eq(r.id))
+            .filter(unchanged(
+                dsr_request::Column::ExtensionReason,
+                &r.extension_reason,
+            ))
+            .filter(unchanged(dsr_request::Column::Outcome, &r.outcome))
             .exec(&txn)
             .await?;
     }
@@ -264,7 +305,7 @@ async fn seal_requests(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
 async fn seal_messages(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
     let txn = crate::db::begin_write(db).await?;
     let rows = email_outbox::Entity::find()
-        .filter(email_outbox::Column::ToAddress.not_like("k1:%"))
+        .filter(lacks_prefix(email_outbox::Column::ToAddress, "k1:"))
         .all(&txn)
         .await?;
     let n = rows.len() as u64;
@@ -274,6 +315,7 @@ async fn seal_messages(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
             .col_expr(email_outbox::Column::ToAddress, Expr::value(to))
             .col_expr(email_outbox::Column::ToIndex, Expr::value(index))
             .filter(email_outbox::Column::Id.eq(r.id))
+            .filter(email_outbox::Column::ToAddress.eq(r.to_address.clone()))
             .exec(&txn)
             .await?;
     }
@@ -285,7 +327,7 @@ async fn seal_imports(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u6
     let txn = crate::db::begin_write(db).await?;
     let rows = import_job::Entity::find()
         .filter(import_job::Column::Payload.ne(""))
-        .filter(import_job::Column::Payload.not_like("k1:%"))
+        .filter(lacks_prefix(import_job::Column::Payload, "k1:"))
         .all(&txn)
         .await?;
     let n = rows.len() as u64;
@@ -296,6 +338,7 @@ async fn seal_imports(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u6
                 Expr::value(crate::imports::sealed_payload(vault, &r.payload)),
             )
             .filter(import_job::Column::Id.eq(r.id))
+            .filter(import_job::Column::Payload.eq(r.payload.clone()))
             .exec(&txn)
             .await?;
     }
@@ -416,5 +459,54 @@ async fn reseal_column(
         }
     }
     txn.commit().await?;
+    Ok(n)
+}
+
+/// How many stored keys and values are still under KEK `id` (before deleting it, this must
+/// be none).
+pub async fn count_under(db: &DatabaseConnection, id: u16) -> DomainResult<u64> {
+    use sea_orm::Statement;
+    let mut n = 0;
+    let mut after: Option<Uuid> = None;
+    loop {
+        let mut q = contact::Entity::find()
+            .select_only()
+            .column(contact::Column::Id)
+            .column(contact::Column::DataKey)
+            .filter(contact::Column::DataKey.is_not_null())
+            .order_by_asc(contact::Column::Id)
+            .limit(10 * BATCH);
+        if let Some(after) = after {
+            q = q.filter(contact::Column::Id.gt(after));
+        }
+        let rows: Vec<(Uuid, Option<Vec<u8>>)> = q.into_tuple().all(db).await?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            break;
+        };
+        n += rows
+            .iter()
+            .filter(|(_, w)| w.as_deref().and_then(vault::kek_of_wrapped) == Some(id))
+            .count() as u64;
+        after = Some(last);
+    }
+    let backend = db.get_database_backend();
+    let columns = SYSTEM_SEALED
+        .iter()
+        .map(|(t, c, _)| (*t, *c))
+        .chain([("idempotency_keys", "body_enc")]);
+    for (table, column) in columns {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                backend,
+                format!("SELECT {column} AS v FROM {table} WHERE {column} LIKE 'k1:%'"),
+            ))
+            .await?;
+        for r in rows {
+            let v: String = r.try_get("", "v")?;
+            if vault::kek_of_system(&v) == Some(id) {
+                n += 1;
+            }
+        }
+    }
     Ok(n)
 }

@@ -321,6 +321,17 @@ impl DataKey {
     }
 }
 
+/// The id of the KEK that wrapped a stored data key.
+pub fn kek_of_wrapped(wrapped: &[u8]) -> Option<u16> {
+    wrapped.first_chunk::<2>().map(|b| u16::from_be_bytes(*b))
+}
+
+/// The id of the KEK a [`Vault::seal_system`] value is sealed under (`None`: not such a value).
+pub fn kek_of_system(stored: &str) -> Option<u16> {
+    let raw = B64.decode(stored.strip_prefix(SYSTEM)?).ok()?;
+    kek_of_wrapped(&raw)
+}
+
 /// Whether a stored value is sealed with a data key.
 pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with(SEALED)

@@ -566,6 +566,18 @@ both!(data_keys_rotate_and_older_rows_are_sealed, |app| {
     ))
     .await
     .unwrap();
+    // And a consent of that person as an older version wrote it; its evidence happens to
+    // start with what looks like a sealed value's prefix in another case.
+    let legacy_consent = uuid::Uuid::now_v7().to_string();
+    db.execute_unprepared(&format!(
+        "INSERT INTO consents (id, tenant_id, contact_id, purpose_id, status, lawful_basis, channel, source, evidence, recorded_by, recorded_at) \
+         SELECT {}, tenant_id, {}, purpose_id, status, lawful_basis, channel, NULL, 'S1: paper form signed by Lenora', recorded_by, recorded_at \
+         FROM consents WHERE contact_id = {lit}",
+        crm_e2e::id_literal(app.backend, &legacy_consent),
+        crm_e2e::id_literal(app.backend, &legacy),
+    ))
+    .await
+    .unwrap();
     let row = db
         .query_one_raw(Statement::from_string(
             backend,
@@ -578,6 +590,11 @@ both!(data_keys_rotate_and_older_rows_are_sealed, |app| {
     let wrapped_before: Vec<u8> = row.try_get_by_index(1).unwrap();
 
     assert_eq!(crm_api::keys::generate_kek(&app.key_dir).unwrap(), 2);
+    assert_eq!(
+        crm_domain::sealing::count_under(&db, 1).await.unwrap(),
+        4,
+        "two data keys, the request's outcome and the stored answer are under key 1"
+    );
     let vault = crm_api::keys::load_vault(&app.key_dir, false).unwrap();
     let done = crm_domain::sealing::rewrap_all(&db, &vault).await.unwrap();
     assert_eq!(done.data_keys, 2, "both sealed contacts: {done:?}");
@@ -590,6 +607,7 @@ both!(data_keys_rotate_and_older_rows_are_sealed, |app| {
         crm_domain::sealing::Rewrapped::default(),
         "a second pass finds nothing left under the old key"
     );
+    assert_eq!(crm_domain::sealing::count_under(&db, 1).await.unwrap(), 0);
     assert!(
         crm_api::keys::remove_kek(&app.key_dir, 2).is_err(),
         "the newest key stays"
@@ -633,6 +651,25 @@ both!(data_keys_rotate_and_older_rows_are_sealed, |app| {
         get(request_path.clone()).await["outcome"],
         "sent to Rowena by post"
     );
+    let legacy_consents = get(format!("/v1/contacts/{legacy}/consents")).await;
+    assert_eq!(
+        legacy_consents["history"][0]["evidence"],
+        "S1: paper form signed by Lenora"
+    );
+    let evidence = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT evidence FROM consents WHERE id = {}",
+                crm_e2e::id_literal(app.backend, &legacy_consent)
+            ),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<String>(0)
+        .unwrap();
+    assert!(evidence.starts_with("s1:"), "sealed at start: {evidence}");
     let again = create_idem(base.clone()).await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first);

@@ -313,6 +313,7 @@ fn apply(
             let created = Contact {
                 id,
                 key: std::sync::Arc::new(gate.vault.new_data_key(tenant.id(), id.as_uuid())),
+                key_stored: false,
                 company_id: f.company_id.clone().apply_to(None),
                 first_name,
                 last_name,
