@@ -237,15 +237,15 @@ pub fn load_vault(dir: &Path, generate: bool) -> Result<crm_domain::vault::Vault
 }
 
 /// Writes a new key-encryption key (the next number) and answers its id; it wraps new data
-/// keys from the next start, and `crm keys rotate-data-key` re-wraps the existing ones.
+/// keys from the next start, and `crm keys retire-data-key` re-wraps the existing ones.
 pub fn generate_kek(dir: &Path) -> Result<u16, KeyError> {
     let next = list_keks(dir)?.last().copied().unwrap_or(0) + 1;
     load_secret32(dir, &kek_file(next), true)?;
     Ok(next)
 }
 
-/// Deletes a key-encryption key's file (after `crm keys rotate-data-key` re-wrapped what it
-/// wrapped). Refuses the newest one, which wraps new data keys.
+/// Deletes a key-encryption key's file (after everything it wrapped was re-wrapped with the
+/// newest). Refuses the newest one, which wraps new data keys.
 pub fn remove_kek(dir: &Path, id: u16) -> Result<(), KeyError> {
     let ids = list_keks(dir)?;
     if ids.last() == Some(&id) {

@@ -9,8 +9,9 @@
 //! **key-encryption key** (KEK) that lives in the key directory, never in the database.
 //! Erasing the contact deletes its row and so its data key: whatever copies of the sealed
 //! values remain in old row versions, WAL or backups can no longer be opened, once the KEKs
-//! that wrapped the key are retired (`crm keys rotate-data-key` re-wraps the live keys under a
-//! new KEK; an old KEK is deleted once no backup that needs it is kept).
+//! that wrapped the key are retired (`crm keys rotate-data-key` adds a KEK; once every node
+//! has loaded it and no backup that needs the old one is kept, `crm keys retire-data-key`
+//! re-wraps the live keys under the new one and deletes the old).
 //!
 //! Values that must be found by equality (the e-mail address) get a keyed blind index next to
 //! them, the same tenant-scoped HMAC the suppression list uses.
