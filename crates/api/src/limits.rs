@@ -527,7 +527,7 @@ pub async fn idempotency<B: MessageBody + 'static>(
 }
 
 fn replay(state: &AppState, stored: &Stored) -> Result<actix_web::HttpResponse<BoxBody>, ApiError> {
-    let body = if stored.body_enc.starts_with("k1:") {
+    let body = if crm_domain::vault::is_system_sealed(&stored.body_enc) {
         state
             .vault
             .open_system(idempotency::BODY, &stored.body_enc)

@@ -568,21 +568,43 @@ pub async fn claim_due(
         }
     }
     txn.commit().await?;
-    // Payloads are opened after the claim is committed: the write lock (SQLite) is not held
-    // for it.
-    let mut claimed = Vec::with_capacity(rows.len());
-    for (d, ep, ev) in rows {
-        let (tenant, subject) = (TenantId::from_uuid(ev.tenant_id), ev.subject_contact_id);
-        let mut event = [ChangeEvent::from(ev)];
-        open_payloads(db, vault, tenant, &mut event, &[subject]).await?;
-        let [event] = event;
-        claimed.push(Claimed {
+    // Payloads are opened after the claim is committed (the write lock of SQLite is not held
+    // for it), with one key lookup per tenant in the batch.
+    let mut by_tenant: std::collections::BTreeMap<Uuid, Vec<usize>> = Default::default();
+    for (k, (_, _, ev)) in rows.iter().enumerate() {
+        by_tenant.entry(ev.tenant_id).or_default().push(k);
+    }
+    let subjects: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|(_, _, ev)| ev.subject_contact_id)
+        .collect();
+    let mut claimed: Vec<Claimed> = rows
+        .into_iter()
+        .map(|(d, ep, ev)| Claimed {
             id: d.id,
             attempts: d.attempts,
             url: ep.url,
             secret_enc: ep.secret_enc,
-            event,
-        });
+            event: ev.into(),
+        })
+        .collect();
+    for (tenant, positions) in by_tenant {
+        let mut events: Vec<ChangeEvent> = positions
+            .iter()
+            .map(|&k| claimed[k].event.clone())
+            .collect();
+        let subjects: Vec<Option<Uuid>> = positions.iter().map(|&k| subjects[k]).collect();
+        open_payloads(
+            db,
+            vault,
+            TenantId::from_uuid(tenant),
+            &mut events,
+            &subjects,
+        )
+        .await?;
+        for (k, event) in positions.into_iter().zip(events) {
+            claimed[k].event = event;
+        }
     }
     Ok(claimed)
 }

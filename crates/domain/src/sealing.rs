@@ -223,8 +223,8 @@ async fn seal_consents(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
     let rows = consent::Entity::find()
         .filter(
             sea_orm::Condition::any()
-                .add(not_sealed(consent::Column::Source, "s1:"))
-                .add(not_sealed(consent::Column::Evidence, "s1:")),
+                .add(not_sealed(consent::Column::Source, vault::SEALED))
+                .add(not_sealed(consent::Column::Evidence, vault::SEALED)),
         )
         .order_by_asc(consent::Column::Id)
         .limit(BATCH)
@@ -269,15 +269,18 @@ async fn seal_requests(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
     let rows = dsr_request::Entity::find()
         .filter(
             sea_orm::Condition::any()
-                .add(not_sealed(dsr_request::Column::ExtensionReason, "k1:"))
-                .add(not_sealed(dsr_request::Column::Outcome, "k1:")),
+                .add(not_sealed(
+                    dsr_request::Column::ExtensionReason,
+                    vault::SYSTEM,
+                ))
+                .add(not_sealed(dsr_request::Column::Outcome, vault::SYSTEM)),
         )
         .all(&txn)
         .await?;
     let n = rows.len() as u64;
     for r in rows {
         let seal = |field, v: Option<String>| match v {
-            Some(v) if !v.starts_with("k1:") => Some(vault.seal_system(field, &v)),
+            Some(v) if !vault::is_system_sealed(&v) => Some(vault.seal_system(field, &v)),
             other => other,
         };
         dsr_request::Entity::update_many()
@@ -305,7 +308,7 @@ async fn seal_requests(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u
 async fn seal_messages(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u64> {
     let txn = crate::db::begin_write(db).await?;
     let rows = email_outbox::Entity::find()
-        .filter(lacks_prefix(email_outbox::Column::ToAddress, "k1:"))
+        .filter(lacks_prefix(email_outbox::Column::ToAddress, vault::SYSTEM))
         .all(&txn)
         .await?;
     let n = rows.len() as u64;
@@ -327,7 +330,7 @@ async fn seal_imports(db: &DatabaseConnection, vault: &Vault) -> DomainResult<u6
     let txn = crate::db::begin_write(db).await?;
     let rows = import_job::Entity::find()
         .filter(import_job::Column::Payload.ne(""))
-        .filter(lacks_prefix(import_job::Column::Payload, "k1:"))
+        .filter(lacks_prefix(import_job::Column::Payload, vault::SYSTEM))
         .all(&txn)
         .await?;
     let n = rows.len() as u64;
@@ -355,7 +358,7 @@ pub struct Rewrapped {
     pub values: u64,
 }
 
-/// Values sealed under a KEK directly: (table, id column, column, associated data).
+/// Values sealed under a KEK directly: (table, column, associated data).
 const SYSTEM_SEALED: &[(&str, &str, &str)] = &[
     (
         "dsr_requests",
@@ -365,7 +368,29 @@ const SYSTEM_SEALED: &[(&str, &str, &str)] = &[
     ("dsr_requests", "outcome", crate::dsr::OUTCOME),
     ("email_outbox", "to_address", crate::breaches::TO_ADDRESS),
     ("import_jobs", "payload", crate::imports::PAYLOAD),
+    ("idempotency_keys", "body_enc", crate::idempotency::BODY),
 ];
+
+/// A column's values sealed under a KEK directly.
+async fn system_sealed_values(
+    db: &impl ConnectionTrait,
+    table: &str,
+    column: &str,
+) -> DomainResult<Vec<String>> {
+    use sea_orm::Statement;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT {column} AS v FROM {table} WHERE {column} LIKE '{}%'",
+                vault::SYSTEM
+            ),
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "v").map_err(Into::into))
+        .collect()
+}
 
 /// Key rotation: wraps every contact's data key with the vault's current (newest) KEK and
 /// seals again what is sealed under an older KEK directly. Afterwards the older KEKs open
@@ -409,14 +434,6 @@ pub async fn rewrap_all(db: &DatabaseConnection, vault: &Vault) -> DomainResult<
     for (table, column, purpose) in SYSTEM_SEALED {
         done.values += reseal_column(db, vault, table, column, purpose).await?;
     }
-    done.values += reseal_column(
-        db,
-        vault,
-        "idempotency_keys",
-        "body_enc",
-        crate::idempotency::BODY,
-    )
-    .await?;
     Ok(done)
 }
 
@@ -432,15 +449,8 @@ async fn reseal_column(
     use sea_orm::Statement;
     let backend = db.get_database_backend();
     let txn = crate::db::begin_write(db).await?;
-    let rows = txn
-        .query_all_raw(Statement::from_string(
-            backend,
-            format!("SELECT {column} AS v FROM {table} WHERE {column} LIKE 'k1:%'"),
-        ))
-        .await?;
     let mut n = 0;
-    for r in rows {
-        let old: String = r.try_get("", "v")?;
+    for old in system_sealed_values(&txn, table, column).await? {
         if let Some(new) = vault.reseal_system(purpose, &old)? {
             let placeholders = match backend {
                 sea_orm::DbBackend::Postgres => ("$1", "$2"),
@@ -465,7 +475,6 @@ async fn reseal_column(
 /// How many stored keys and values are still under KEK `id` (before deleting it, this must
 /// be none).
 pub async fn count_under(db: &DatabaseConnection, id: u16) -> DomainResult<u64> {
-    use sea_orm::Statement;
     let mut n = 0;
     let mut after: Option<Uuid> = None;
     loop {
@@ -489,24 +498,12 @@ pub async fn count_under(db: &DatabaseConnection, id: u16) -> DomainResult<u64> 
             .count() as u64;
         after = Some(last);
     }
-    let backend = db.get_database_backend();
-    let columns = SYSTEM_SEALED
-        .iter()
-        .map(|(t, c, _)| (*t, *c))
-        .chain([("idempotency_keys", "body_enc")]);
-    for (table, column) in columns {
-        let rows = db
-            .query_all_raw(Statement::from_string(
-                backend,
-                format!("SELECT {column} AS v FROM {table} WHERE {column} LIKE 'k1:%'"),
-            ))
-            .await?;
-        for r in rows {
-            let v: String = r.try_get("", "v")?;
-            if vault::kek_of_system(&v) == Some(id) {
-                n += 1;
-            }
-        }
+    for (table, column, _) in SYSTEM_SEALED {
+        n += system_sealed_values(db, table, column)
+            .await?
+            .iter()
+            .filter(|v| vault::kek_of_system(v) == Some(id))
+            .count() as u64;
     }
     Ok(n)
 }

@@ -36,8 +36,10 @@ use crate::values::EmailAddress;
 
 const NONCE: usize = 12;
 const TAG: usize = 16;
-const SEALED: &str = "s1:";
-const SYSTEM: &str = "k1:";
+/// The prefix of a value sealed with a data key.
+pub(crate) const SEALED: &str = "s1:";
+/// The prefix of a value sealed under a KEK directly.
+pub(crate) const SYSTEM: &str = "k1:";
 const WRAP_AAD: &[u8] = b"crm/data-key/v1";
 
 /// The keys of personal data: the key-encryption keys (the newest wraps new data keys) and the
@@ -331,6 +333,11 @@ pub fn kek_of_wrapped(wrapped: &[u8]) -> Option<u16> {
 pub fn kek_of_system(stored: &str) -> Option<u16> {
     let raw = B64.decode(stored.strip_prefix(SYSTEM)?).ok()?;
     kek_of_wrapped(&raw)
+}
+
+/// Whether a stored value is sealed under a KEK directly ([`Vault::seal_system`]).
+pub fn is_system_sealed(stored: &str) -> bool {
+    stored.starts_with(SYSTEM)
 }
 
 /// Whether a stored value is sealed with a data key.
