@@ -17,6 +17,7 @@ mod m20261201_000008_imports;
 mod m20261201_000009_job_runs;
 mod m20261201_000010_request_limits;
 mod m20261201_000011_sealed_personal_data;
+mod m20261201_000012_log_tables_without_tenant_checks;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000009_job_runs::Migration),
             Box::new(m20261201_000010_request_limits::Migration),
             Box::new(m20261201_000011_sealed_personal_data::Migration),
+            Box::new(m20261201_000012_log_tables_without_tenant_checks::Migration),
         ]
     }
 }

@@ -155,16 +155,21 @@ pub async fn record_many<'a>(
     if events.peek().is_none() {
         return Ok(lock);
     }
-    let last = audit_event::Entity::find()
-        .select_only()
-        .columns([audit_event::Column::Seq, audit_event::Column::Hash])
-        .filter(audit_event::Column::TenantId.eq(tenant.as_uuid()))
-        .order_by_desc(audit_event::Column::Seq)
-        .limit(1)
-        .into_tuple::<(i64, String)>()
-        .one(db)
+    let last = db
+        .query_one_raw(crate::db::literal_limit(
+            db.get_database_backend(),
+            &audit_event::Entity::find()
+                .select_only()
+                .columns([audit_event::Column::Seq, audit_event::Column::Hash])
+                .filter(audit_event::Column::TenantId.eq(tenant.as_uuid()))
+                .order_by_desc(audit_event::Column::Seq)
+                .limit(1),
+        ))
         .await?;
-    let (mut seq, mut prev_hash) = last.unwrap_or((0, GENESIS.to_owned()));
+    let (mut seq, mut prev_hash) = match last {
+        Some(row) => (row.try_get_by_index(0)?, row.try_get_by_index(1)?),
+        None => (0, GENESIS.to_owned()),
+    };
     let mut rows = Vec::new();
     for event in events {
         seq += 1;

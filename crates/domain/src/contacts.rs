@@ -211,7 +211,11 @@ pub(crate) async fn data_keys(
         .column(contact::Column::Id)
         .column(contact::Column::DataKey)
         .filter(contact::Column::TenantId.eq(tenant.as_uuid()))
-        .filter(contact::Column::Id.is_in(ids))
+        .filter(db::one_of(
+            db.get_database_backend(),
+            contact::Column::Id,
+            ids,
+        ))
         .into_tuple()
         .all(db)
         .await?;
@@ -550,8 +554,11 @@ pub async fn list_contacts(
         q
     };
     let Some(text) = filter.q.as_deref() else {
-        let rows = select(page.after)
-            .limit(page.limit + 1)
+        let rows = contact::Entity::find()
+            .from_raw_sql(db::literal_limit(
+                db.get_database_backend(),
+                &select(page.after).limit(page.limit + 1),
+            ))
             .into_model::<ByPosition>()
             .all(db)
             .await?
@@ -571,8 +578,11 @@ pub async fn list_contacts(
     let mut scanned = 0;
     loop {
         let batch = std::cmp::min(Q_SCAN_ROWS - scanned, 500);
-        let rows = select(after)
-            .limit(batch)
+        let rows = contact::Entity::find()
+            .from_raw_sql(db::literal_limit(
+                db.get_database_backend(),
+                &select(after).limit(batch),
+            ))
             .into_model::<ByPosition>()
             .all(db)
             .await?;

@@ -84,16 +84,21 @@ pub(crate) async fn emit_locked(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let last = event::Entity::find()
-        .select_only()
-        .column(event::Column::Seq)
-        .filter(event::Column::TenantId.eq(tenant_id.as_uuid()))
-        .order_by_desc(event::Column::Seq)
-        .limit(1)
-        .into_tuple::<i64>()
-        .one(db)
+    let last = db
+        .query_one_raw(db::literal_limit(
+            db.get_database_backend(),
+            &event::Entity::find()
+                .select_only()
+                .column(event::Column::Seq)
+                .filter(event::Column::TenantId.eq(tenant_id.as_uuid()))
+                .order_by_desc(event::Column::Seq)
+                .limit(1),
+        ))
         .await?;
-    let mut seq = last.unwrap_or(0);
+    let mut seq: i64 = match last {
+        Some(row) => row.try_get_by_index(0)?,
+        None => 0,
+    };
     let endpoints = webhook_endpoint::Entity::find()
         .filter(webhook_endpoint::Column::TenantId.eq(tenant_id.as_uuid()))
         .filter(webhook_endpoint::Column::Active.eq(true))
@@ -554,7 +559,11 @@ pub async fn claim_due(
             webhook_delivery::Column::LockedUntil,
             Expr::value(now + lease),
         )
-        .filter(webhook_delivery::Column::Id.is_in(ids))
+        .filter(db::one_of(
+            txn.get_database_backend(),
+            webhook_delivery::Column::Id,
+            ids,
+        ))
         .exec(&txn)
         .await?;
     let mut rows = Vec::with_capacity(due.len());

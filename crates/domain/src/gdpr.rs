@@ -155,7 +155,11 @@ pub async fn export_contact(
     if !order_ids.is_empty() {
         for l in order_line::Entity::find()
             .filter(order_line::Column::TenantId.eq(tid))
-            .filter(order_line::Column::OrderId.is_in(order_ids))
+            .filter(crate::db::one_of(
+                txn.get_database_backend(),
+                order_line::Column::OrderId,
+                order_ids,
+            ))
             .order_by_asc(order_line::Column::Position)
             .all(&txn)
             .await?
@@ -617,7 +621,11 @@ async fn apply_erasure(
     if !delete_orders.is_empty() {
         order::Entity::delete_many()
             .filter(order::Column::TenantId.eq(tid))
-            .filter(order::Column::Id.is_in(delete_orders.to_vec()))
+            .filter(crate::db::one_of(
+                db.get_database_backend(),
+                order::Column::Id,
+                delete_orders.to_vec(),
+            ))
             .exec(db)
             .await?;
     }

@@ -320,7 +320,11 @@ pub async fn list_orders(
     if !ids.is_empty() {
         for line in order_line::Entity::find()
             .filter(order_line::Column::TenantId.eq(tid))
-            .filter(order_line::Column::OrderId.is_in(ids))
+            .filter(crate::db::one_of(
+                db.get_database_backend(),
+                order_line::Column::OrderId,
+                ids,
+            ))
             .order_by_asc(order_line::Column::OrderId)
             .order_by_asc(order_line::Column::Position)
             .all(db)

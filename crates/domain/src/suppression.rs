@@ -5,7 +5,9 @@
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::OnConflict,
+};
 use sha2::Sha256;
 
 use crate::entities::suppression;
@@ -64,10 +66,14 @@ pub async fn is_suppressed(
     tenant: &Tenant,
     email: &EmailAddress,
 ) -> DomainResult<bool> {
-    Ok(suppression::Entity::find()
+    let query = suppression::Entity::find()
+        .select_only()
+        .column(suppression::Column::TenantId)
         .filter(suppression::Column::TenantId.eq(tenant.id().as_uuid()))
         .filter(suppression::Column::EmailHmac.eq(secret.digest(tenant.id(), email)))
-        .one(db)
+        .limit(1);
+    Ok(db
+        .query_one_raw(crate::db::literal_limit(db.get_database_backend(), &query))
         .await?
         .is_some())
 }

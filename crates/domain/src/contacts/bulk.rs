@@ -15,6 +15,7 @@ use super::{
     redacted, row, unknown_company,
 };
 use crate::audit::{self, Actor, Event};
+use crate::db::one_of;
 use crate::entities::{company, contact, suppression};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{CompanyId, ContactId};
@@ -132,6 +133,7 @@ async fn read(
     gate: &SuppressionGate<'_>,
 ) -> DomainResult<Known> {
     let tenant_id = tenant.id().as_uuid();
+    let backend = db.get_database_backend();
     let ids: Vec<Uuid> = items
         .iter()
         .filter_map(|i| i.id.map(ContactId::as_uuid))
@@ -165,10 +167,14 @@ async fn read(
     if !ids.is_empty() || !emails.is_empty() {
         let mut any = Condition::any();
         if !ids.is_empty() {
-            any = any.add(contact::Column::Id.is_in(ids));
+            any = any.add(one_of(backend, contact::Column::Id, ids));
         }
         if !emails.is_empty() {
-            any = any.add(contact::Column::EmailIndex.is_in(digests.keys().cloned()));
+            any = any.add(one_of(
+                backend,
+                contact::Column::EmailIndex,
+                digests.keys().cloned(),
+            ));
         }
         // Rows an item may change are locked (PostgreSQL; SQLite writers are serial).
         let found = contact::Entity::find()
@@ -193,7 +199,7 @@ async fn read(
             .select_only()
             .column(company::Column::Id)
             .filter(company::Column::TenantId.eq(tenant_id))
-            .filter(company::Column::Id.is_in(company_ids))
+            .filter(one_of(backend, company::Column::Id, company_ids))
             .into_tuple::<Uuid>()
             .all(db)
             .await?
@@ -207,7 +213,11 @@ async fn read(
             .select_only()
             .column(suppression::Column::EmailHmac)
             .filter(suppression::Column::TenantId.eq(tenant_id))
-            .filter(suppression::Column::EmailHmac.is_in(digests.keys().cloned()))
+            .filter(one_of(
+                backend,
+                suppression::Column::EmailHmac,
+                digests.keys().cloned(),
+            ))
             .into_tuple::<String>()
             .all(db)
             .await?;
