@@ -8,6 +8,8 @@ use sea_orm::{
     TransactionTrait,
 };
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 pub use sea_orm::DatabaseConnection as Db;
 
 /// A query's statement with its `LIMIT` written into the text on SQLite.
@@ -91,10 +93,38 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 /// SQLite lets one transaction write at a time. A writer that finds the lock taken waits in
 /// SQLite's busy handler, which sleeps 1, 2, 5, 10, … ms between tries: under load the lock
 /// sat idle while every waiter slept (a contact creation's p99 under 32 connections was
-/// 130–164 ms; with this queue ~30 ms). This process's writers queue here instead, in arrival
-/// order, before they take a connection (readers are not held up by waiting writers). Writes
-/// from other processes on the same file still meet the busy handler.
-static SQLITE_WRITER: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+/// 130–164 ms; with this queue ~30 ms). This process's writers queue here instead, one queue per
+/// database file, in arrival order, before they take a connection (readers are not held up by
+/// waiting writers). Writes from other processes on the same file still meet the busy handler.
+static SQLITE_WRITERS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Arc<Semaphore>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// This process's writer turn on a SQLite database (`None` on PostgreSQL), held until dropped.
+/// [`begin_write`] takes it; a write outside a transaction (one statement in autocommit) on a
+/// request path takes it too, or queued writers handing the lock on back to back would leave
+/// it waiting in the busy handler. Never take it while holding it (or a [`WriteTxn`]).
+pub async fn write_turn(db: &DatabaseConnection) -> Result<Option<OwnedSemaphorePermit>, DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return Ok(None);
+    }
+    let file = db
+        .get_sqlite_connection_pool()
+        .connect_options()
+        .get_filename()
+        .to_path_buf();
+    let gate = SQLITE_WRITERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(file)
+        .or_insert_with(|| std::sync::Arc::new(Semaphore::new(1)))
+        .clone();
+    match tokio::time::timeout(WRITER_WAIT, gate.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        // The semaphore is never closed; a wait this long is a stuck writer.
+        Ok(Err(_)) | Err(_) => Err(DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)),
+    }
+}
 
 /// How long a writer waits for its turn: SQLite's own busy timeout (see [`connect`]).
 const WRITER_WAIT: Duration = Duration::from_secs(10);
@@ -104,7 +134,7 @@ const WRITER_WAIT: Duration = Duration::from_secs(10);
 /// to it and runs statements as it).
 pub struct WriteTxn {
     txn: DatabaseTransaction,
-    _turn: Option<tokio::sync::SemaphorePermit<'static>>,
+    _turn: Option<OwnedSemaphorePermit>,
 }
 
 impl WriteTxn {
@@ -159,25 +189,14 @@ impl ConnectionTrait for WriteTxn {
 }
 
 /// Starts a transaction that will write. On SQLite it first waits for this process's writer
-/// turn ([`SQLITE_WRITER`]), then takes the write lock at `BEGIN` (`BEGIN IMMEDIATE`), so a
+/// turn ([`write_turn`]), then takes the write lock at `BEGIN` (`BEGIN IMMEDIATE`), so a
 /// transaction that reads first never fails to upgrade its lock when another writer got there
 /// in between. Never start one while holding another: the second would wait for the first.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTxn, DbErr> {
-    let sqlite = db.get_database_backend() == DbBackend::Sqlite;
-    let turn = if sqlite {
-        match tokio::time::timeout(WRITER_WAIT, SQLITE_WRITER.acquire()).await {
-            Ok(Ok(permit)) => Some(permit),
-            // The semaphore is never closed; a wait this long is a stuck writer.
-            Ok(Err(_)) | Err(_) => {
-                return Err(DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout));
-            }
-        }
-    } else {
-        None
-    };
+    let turn = write_turn(db).await?;
     let txn = db
         .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: sqlite.then_some(SqliteTransactionMode::Immediate),
+            sqlite_transaction_mode: turn.is_some().then_some(SqliteTransactionMode::Immediate),
             ..Default::default()
         })
         .await?;

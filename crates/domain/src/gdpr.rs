@@ -735,11 +735,16 @@ pub async fn set_legal_hold(
 /// removes the old page images. (PostgreSQL keeps dead tuples until VACUUM and in its WAL;
 /// run it on encrypted storage.)
 async fn compact(db: &DatabaseConnection) {
-    if db.get_database_backend() == DbBackend::Sqlite
-        && let Err(e) = db
-            .execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return;
+    }
+    // A truncating checkpoint waits for writers like a write does.
+    let checkpoint = async {
+        let _turn = db::write_turn(db).await?;
+        db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
             .await
-    {
+    };
+    if let Err(e) = checkpoint.await {
         log::warn!("checkpoint after erasure failed: {e}");
     }
 }

@@ -81,10 +81,12 @@ pub async fn begin(
         created_at: Set(now),
         expires_at: Set(now + RETENTION),
     };
-    match idempotency_key::Entity::insert(row)
+    let turn = crate::db::write_turn(db).await?;
+    let inserted = idempotency_key::Entity::insert(row)
         .exec_without_returning(db)
-        .await
-    {
+        .await;
+    drop(turn);
+    match inserted {
         Ok(_) => return Ok(Begin::Proceed),
         Err(e)
             if matches!(
@@ -179,6 +181,7 @@ pub async fn finish(
     refs: &[Uuid],
 ) -> DomainResult<()> {
     let refs: Vec<String> = refs.iter().map(Uuid::to_string).collect();
+    let _turn = crate::db::write_turn(db).await?;
     idempotency_key::Entity::update_many()
         .col_expr(idempotency_key::Column::State, Expr::value("done"))
         .col_expr(
@@ -203,6 +206,7 @@ pub async fn finish(
 
 /// Releases the key without a stored response (the request failed in a way worth retrying).
 pub async fn abandon(db: &DatabaseConnection, scope: &Scope) -> DomainResult<()> {
+    let _turn = crate::db::write_turn(db).await?;
     idempotency_key::Entity::delete_many()
         .filter(filter(scope))
         .filter(idempotency_key::Column::State.eq("in_flight"))
@@ -227,6 +231,7 @@ pub async fn forget_references(
 
 /// Deletes expired keys.
 pub async fn prune(db: &DatabaseConnection, now: DateTime<Utc>) -> DomainResult<u64> {
+    let _turn = crate::db::write_turn(db).await?;
     Ok(idempotency_key::Entity::delete_many()
         .filter(idempotency_key::Column::ExpiresAt.lte(now))
         .exec(db)

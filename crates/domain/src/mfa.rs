@@ -312,6 +312,7 @@ async fn promote_enrol_ticket(db: &impl ConnectionTrait, token: &str) -> DomainR
 
 /// Deletes expired ceremonies and tickets.
 pub async fn prune_challenges(db: &DatabaseConnection, now: DateTime<Utc>) -> DomainResult<u64> {
+    let _turn = crate::db::write_turn(db).await?;
     Ok(auth_challenge::Entity::delete_many()
         .filter(auth_challenge::Column::ExpiresAt.lt(now))
         .exec(db)

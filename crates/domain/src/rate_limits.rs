@@ -32,6 +32,7 @@ pub async fn add(
            window_start = {greatest}(rate_limits.window_start, excluded.window_start) \
          RETURNING count, window_start"
     );
+    let _turn = crate::db::write_turn(db).await?;
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
             backend,

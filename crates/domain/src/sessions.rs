@@ -231,14 +231,17 @@ pub async fn login(
         }
     };
 
+    let turn = db::write_turn(db).await?;
     auth_throttle::Entity::delete_by_id(account)
         .exec(db)
         .await?;
+    drop(turn);
     if let Some(cred) = credential
         && crate::passwords::outdated(&cred.hash)
     {
         // Re-hashed with today's parameters while the password is at hand.
         let hash = crate::passwords::hash_password(&attempt.password).await?;
+        let _turn = db::write_turn(db).await?;
         password_credential::Entity::update_many()
             .col_expr(
                 password_credential::Column::Hash,
@@ -532,6 +535,7 @@ pub async fn prune_expired(
     policy: &ThrottlePolicy,
     now: DateTime<Utc>,
 ) -> DomainResult<u64> {
+    let _turn = db::write_turn(db).await?;
     let throttles = auth_throttle::Entity::delete_many()
         .filter(auth_throttle::Column::WindowStartedAt.lt(now - policy.window))
         .filter(
