@@ -108,17 +108,21 @@ pub async fn write_turn(db: &DatabaseConnection) -> Result<Option<OwnedSemaphore
     if db.get_database_backend() != DbBackend::Sqlite {
         return Ok(None);
     }
-    let file = db
-        .get_sqlite_connection_pool()
-        .connect_options()
-        .get_filename()
-        .to_path_buf();
-    let gate = SQLITE_WRITERS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .entry(file)
-        .or_insert_with(|| std::sync::Arc::new(Semaphore::new(1)))
-        .clone();
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let file = options.get_filename();
+    let gate = {
+        let mut gates = SQLITE_WRITERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The path is copied once per database, not per write.
+        match gates.get(file) {
+            Some(gate) => gate.clone(),
+            None => gates
+                .entry(file.to_path_buf())
+                .or_insert_with(|| std::sync::Arc::new(Semaphore::new(1)))
+                .clone(),
+        }
+    };
     match tokio::time::timeout(WRITER_WAIT, gate.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(Some(permit)),
         // The semaphore is never closed; a wait this long is a stuck writer.
