@@ -447,6 +447,17 @@ async fn create_contact(
     }
 }
 
+/// As the API's pool: a connection is pinged before use only after it sat idle.
+async fn ping_if_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> Result<bool, sqlx::Error> {
+    if meta.idle_for >= crm_domain::db::PING_AFTER_IDLE {
+        conn.ping().await?;
+    }
+    Ok(true)
+}
+
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is required"))
 }
@@ -459,6 +470,8 @@ async fn main() -> std::io::Result<()> {
             // The API's connection settings (crm_domain::db::connect).
             sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
                 .connect_with(
                     url.parse::<sqlx::sqlite::SqliteConnectOptions>()
                         .map_err(std::io::Error::other)?
@@ -473,8 +486,11 @@ async fn main() -> std::io::Result<()> {
         )
     } else {
         Pool::Pg(
+            // The API's pool settings, as for SQLite.
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(16)
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
                 .connect(&url)
                 .await
                 .map_err(std::io::Error::other)?,

@@ -824,18 +824,17 @@ pub async fn upsert_batch(
 /// [`upsert_batch`] inside a transaction the caller commits (imports record their progress
 /// in the same transaction).
 pub(crate) async fn upsert_batch_in(
-    txn: &sea_orm::DatabaseTransaction,
+    txn: &crate::db::WriteTxn,
     tenant: &Tenant,
     items: Vec<BatchItem>,
     gate: &SuppressionGate<'_>,
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Vec<ItemOutcome>> {
-    use sea_orm::TransactionTrait;
     // The set-based path answers almost every call; when the database disagrees with what it
     // read (a row written concurrently, an e-mail handed between contacts in an order it
     // cannot replay), it is rolled back and the items are applied one by one.
-    let sp = txn.begin().await?;
+    let sp = txn.savepoint().await?;
     match bulk::upsert(&sp, tenant, &items, gate, actor, now).await? {
         Some(out) => {
             sp.commit().await?;
@@ -848,7 +847,7 @@ pub(crate) async fn upsert_batch_in(
     }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let sp = txn.begin().await?;
+        let sp = txn.savepoint().await?;
         let result = upsert_one(&sp, tenant, item, gate, actor, now).await;
         match result {
             Ok(outcome) => {
