@@ -4,6 +4,9 @@
 //! The domain stores the webauthn-rs credential and ceremony state as opaque JSON; the API
 //! crate runs the ceremonies. Ceremony state is deleted on first use, success or failure,
 //! because webauthn-rs would accept the same assertion twice against the same state.
+//!
+//! The single-statement writes of sign-in ceremonies take the SQLite writer turn
+//! ([`crate::db::write_turn`]) so a saturating write load cannot leave them in the busy handler.
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::ActiveValue::Set;
@@ -63,7 +66,7 @@ pub struct Challenge {
 
 /// Stores ceremony state; returns its id (what the client sends back).
 pub async fn create_challenge(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     tenant_id: TenantId,
     user_id: Option<UserId>,
     kind: ChallengeKind,
@@ -75,7 +78,7 @@ pub async fn create_challenge(
 
 #[allow(clippy::too_many_arguments)]
 async fn insert_challenge(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     tenant_id: TenantId,
     user_id: Option<UserId>,
     kind: ChallengeKind,
@@ -85,6 +88,7 @@ async fn insert_challenge(
     now: DateTime<Utc>,
 ) -> DomainResult<Uuid> {
     let id = Uuid::now_v7();
+    let _turn = crate::db::write_turn(db).await?;
     auth_challenge::Entity::insert(auth_challenge::ActiveModel {
         id: Set(id),
         tenant_id: Set(tenant_id.as_uuid()),
@@ -103,11 +107,12 @@ async fn insert_challenge(
 /// Takes a challenge out of the store: whoever deletes the row owns it, so a challenge is
 /// used at most once even under concurrent attempts. Expired or unknown: `None`.
 async fn take(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     row: Option<auth_challenge::Model>,
     now: DateTime<Utc>,
 ) -> DomainResult<Option<Challenge>> {
     let Some(row) = row else { return Ok(None) };
+    let _turn = crate::db::write_turn(db).await?;
     let deleted = auth_challenge::Entity::delete_by_id(row.id)
         .exec(db)
         .await?
@@ -124,7 +129,7 @@ async fn take(
 
 /// Consumes a ceremony by id, success or failure.
 pub async fn consume_challenge(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     id: Uuid,
     kind: ChallengeKind,
     now: DateTime<Utc>,
@@ -138,7 +143,7 @@ pub async fn consume_challenge(
 
 /// Stores ceremony state under a secret the client holds (OpenID Connect `state`).
 pub async fn create_secret_challenge(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     tenant_id: TenantId,
     kind: ChallengeKind,
     state: String,
@@ -161,7 +166,7 @@ pub async fn create_secret_challenge(
 
 /// Consumes a secret-addressed ceremony, success or failure.
 pub async fn consume_secret_challenge(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     secret: &str,
     kind: ChallengeKind,
     now: DateTime<Utc>,
@@ -219,7 +224,7 @@ pub struct Ticket {
 
 /// Issues a ticket after a first factor: enrolment when the user has no credential yet.
 pub async fn issue_ticket(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     tenant_id: TenantId,
     user_id: UserId,
     amr: &[String],
@@ -287,7 +292,8 @@ pub async fn find_ticket(
 }
 
 /// Spends a ticket; false when it was spent concurrently.
-pub async fn spend_ticket(db: &impl ConnectionTrait, token: &str) -> DomainResult<bool> {
+pub async fn spend_ticket(db: &DatabaseConnection, token: &str) -> DomainResult<bool> {
+    let _turn = crate::db::write_turn(db).await?;
     let deleted = auth_challenge::Entity::delete_many()
         .filter(auth_challenge::Column::SecretHash.eq(sha256_hex(token)))
         .exec(db)
@@ -487,12 +493,13 @@ pub async fn add_credential(
 
 /// Saves what an authentication changed (signature counter, backup state).
 pub async fn record_use(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     stored: &StoredPasskey,
     passkey: String,
     sign_count: i64,
     now: DateTime<Utc>,
 ) -> DomainResult<()> {
+    let _turn = crate::db::write_turn(db).await?;
     webauthn_credential::Entity::update_many()
         .col_expr(webauthn_credential::Column::Passkey, Expr::value(passkey))
         .col_expr(
@@ -621,7 +628,7 @@ pub async fn reset_user_mfa(
 /// Marks a WebAuthn verification in a live session (step-up): `auth_time` moves to now and
 /// `amr` gains `hwk` and `mfa`.
 pub async fn record_step_up(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     tenant_id: TenantId,
     session_id: SessionId,
     now: DateTime<Utc>,
@@ -637,6 +644,7 @@ pub async fn record_step_up(
             amr.push(m.to_owned());
         }
     }
+    let _turn = crate::db::write_turn(db).await?;
     session::Entity::update_many()
         .col_expr(session::Column::Amr, Expr::value(amr.join(" ")))
         .col_expr(session::Column::AuthTime, Expr::value(now))
