@@ -143,8 +143,9 @@ pub async fn write_turn(db: &DatabaseConnection) -> Result<Option<OwnedSemaphore
 const WRITER_WAIT: Duration = Duration::from_secs(10);
 
 /// A transaction that will write: on SQLite it holds the process's writer turn until it is
-/// committed, rolled back or dropped. It is used as the transaction itself (it dereferences
-/// to it and runs statements as it).
+/// committed, rolled back or dropped. It is used as the transaction itself (it runs
+/// statements as it; [`WriteTxn::savepoint`] nests one). A savepoint must end before the
+/// `WriteTxn` does, as with sea-orm's own nested transactions.
 pub struct WriteTxn {
     /// `None` only once the transaction has ended (commit, rollback or drop).
     txn: Option<DatabaseTransaction>,
@@ -178,10 +179,11 @@ fn ended() -> DbErr {
 }
 
 /// A transaction dropped without commit or rollback (an error returned with `?`) still holds
-/// SQLite's write lock until its rollback has run. sea-orm only queues that rollback for the
-/// connection's return to the pool, so the writer turn is handed on after an explicit
-/// rollback instead: otherwise the next writer would find the lock taken and wait in the busy
-/// handler.
+/// SQLite's write lock until its rollback has run. sea-orm sends that rollback on drop but
+/// nothing waits for it, so the next writer's `BEGIN IMMEDIATE` could find the lock still
+/// taken and wait in the busy handler. The writer turn is handed on only after an explicit
+/// rollback instead. Not covered: a `commit` or `rollback` that fails or whose future is
+/// dropped mid-way releases the turn at once (rare: no deferred constraints).
 impl Drop for WriteTxn {
     fn drop(&mut self) {
         let (Some(txn), Some(turn)) = (self.txn.take(), self.turn.take()) else {
@@ -196,7 +198,8 @@ impl Drop for WriteTxn {
                     drop(turn);
                 });
             }
-            // No runtime (the process is shutting down): sea-orm's own rollback on drop.
+            // Never reached: a WriteTxn only exists inside the runtime (sqlx itself needs one
+            // to hand the connection back).
             Err(_) => drop(txn),
         }
     }
@@ -447,8 +450,10 @@ mod tests {
     async fn a_dropped_write_hands_the_turn_on_after_its_rollback() -> Result<(), DbErr> {
         let path = std::env::temp_dir().join(format!("crm-turn-{}.db", uuid::Uuid::now_v7()));
         let mut opts = ConnectOptions::new(format!("sqlite://{}?mode=rwc", path.display()));
+        // No ping on checkout either: only the fix may give the rollback time to run.
         opts.max_connections(2)
             .sqlx_logging(false)
+            .test_before_acquire(false)
             .map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .busy_timeout(Duration::ZERO)

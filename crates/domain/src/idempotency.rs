@@ -136,6 +136,7 @@ async fn take_over(
     seen: &idempotency_key::Model,
     now: DateTime<Utc>,
 ) -> DomainResult<Begin> {
+    let _turn = crate::db::write_turn(db).await?;
     let res = idempotency_key::Entity::update_many()
         .col_expr(
             idempotency_key::Column::Fingerprint,
