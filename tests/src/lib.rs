@@ -1183,7 +1183,22 @@ fn crm_binary() -> PathBuf {
 }
 
 impl CrmProcess {
+    /// Starts `crm serve` on a free port. The port is found by binding port 0 and letting it
+    /// go, so another socket can take it before the child binds (seen once in CI: "Address
+    /// already in use"); a child that exits before it answers is started again on a new port.
     pub async fn start(settings: &Settings, dir: &std::path::Path) -> CrmProcess {
+        for _ in 0..5 {
+            if let Some(process) = Self::try_start(settings, dir).await {
+                return process;
+            }
+        }
+        panic!(
+            "crm serve exited before answering five times; its log:\n{}",
+            std::fs::read_to_string(dir.join("process.log")).unwrap_or_default()
+        );
+    }
+
+    async fn try_start(settings: &Settings, dir: &std::path::Path) -> Option<CrmProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1233,14 +1248,17 @@ impl CrmProcess {
         if let Some(relay) = &settings.smtp_relay {
             cmd.env("CRM_SMTP_RELAY", relay);
         }
-        let child = cmd.spawn().expect("crm serve starts");
+        let mut child = cmd.spawn().expect("crm serve starts");
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         for _ in 0..300 {
             if let Ok(r) = client.get(format!("{base}/health")).send().await
                 && r.status().is_success()
             {
-                return CrmProcess { child, base };
+                return Some(CrmProcess { child, base });
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
