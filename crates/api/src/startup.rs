@@ -226,7 +226,7 @@ impl RouteTable {
 pub struct Shadowed(std::collections::HashMap<String, Vec<&'static str>>);
 
 impl Shadowed {
-    fn refuses(&self, path: &str, method: &Method) -> Option<String> {
+    pub(crate) fn refuses(&self, path: &str, method: &Method) -> Option<String> {
         if method == Method::OPTIONS || method == Method::HEAD {
             return None;
         }
@@ -663,29 +663,7 @@ impl Application {
                 .route("/docs", web::get().to(meta::docs_page))
                 .route("/docs/docs.js", web::get().to(meta::docs_script))
                 .default_service(web::to(fallback))
-                .wrap(actix_web::middleware::from_fn(crate::limits::idempotency))
-                .wrap_fn(|req, srv| {
-                    // 405 before routing: a literal route (`/v1/sub-processors/changes`) must not
-                    // fall through to a parameterised sibling that takes the method.
-                    let refused = req
-                        .app_data::<web::Data<Shadowed>>()
-                        .and_then(|t| t.refuses(req.path(), req.method()));
-                    let outcome = match refused {
-                        None => Ok(srv.call(req)),
-                        Some(allow) => Err((req, allow)),
-                    };
-                    async move {
-                        match outcome {
-                            Ok(fut) => fut.await.map(ServiceResponse::map_into_boxed_body),
-                            Err((req, allow)) => Ok(req.into_response(
-                                actix_web::ResponseError::error_response(
-                                    &ApiError::MethodNotAllowed { allow },
-                                ),
-                            )),
-                        }
-                    }
-                })
-                .wrap(actix_web::middleware::from_fn(crate::limits::rate_limit))
+                .wrap(actix_web::middleware::from_fn(crate::limits::guard))
                 .wrap(cors(&cors_origins))
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();

@@ -455,20 +455,38 @@ async fn create_in(
 }
 
 pub async fn get_contact(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     vault: &Vault,
     tenant: &Tenant,
     id: ContactId,
 ) -> DomainResult<Contact> {
-    // The hottest read: a fixed statement rather than one built per call.
+    // The hottest read: a fixed statement straight on the pool.
+    use sea_orm::FromQueryResult;
+    let params = [
+        crate::db::Param::Uuid(tenant.id().as_uuid()),
+        crate::db::Param::Uuid(id.as_uuid()),
+    ];
+    let row = crate::db::fixed_one(db, GET_CONTACT_SQL, &params)
+        .await?
+        .ok_or(DomainError::NotFound("contact"))?;
+    Contact::open(vault, tenant, ByPosition::from_query_result(&row, "")?.0)
+}
+
+/// [`get_contact`] inside a transaction.
+async fn get_contact_in(
+    txn: &impl ConnectionTrait,
+    vault: &Vault,
+    tenant: &Tenant,
+    id: ContactId,
+) -> DomainResult<Contact> {
     contact::Entity::find()
         .from_raw_sql(sea_orm::Statement::from_sql_and_values(
-            db.get_database_backend(),
+            txn.get_database_backend(),
             GET_CONTACT_SQL,
             [tenant.id().as_uuid().into(), id.as_uuid().into()],
         ))
         .into_model::<ByPosition>()
-        .one(db)
+        .one(txn)
         .await?
         .map(|r| Contact::open(vault, tenant, r.0))
         .ok_or(DomainError::NotFound("contact"))?
@@ -642,7 +660,7 @@ async fn update_in(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
-    let current = get_contact(txn, gate.vault, tenant, id).await?;
+    let current = get_contact_in(txn, gate.vault, tenant, id).await?;
     check_version(if_match, current.version)?;
     if current.redacted_at.is_some() {
         return Err(redacted());

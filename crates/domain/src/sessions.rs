@@ -466,23 +466,39 @@ async fn load_principal(
     session_id: SessionId,
     now: DateTime<Utc>,
 ) -> DomainResult<(LiveSession, Principal)> {
-    // Runs on every authenticated request: a fixed statement (prepared once per connection),
-    // not one built anew each time.
     let stmt = sea_orm::Statement::from_sql_and_values(
         db.get_database_backend(),
         SESSION_CHECK_SQL,
-        [
-            tenant_id.as_uuid().into(),
-            session_id.as_uuid().into(),
-            now.into(),
-            true.into(),
-            true.into(),
-        ],
+        session_check_params(tenant_id, session_id, now).map(sea_orm::Value::from),
     );
     let row = db
         .query_one_raw(stmt)
         .await?
         .ok_or(DomainError::Unauthenticated("session_ended"))?;
+    principal_of(&row, tenant_id, session_id)
+}
+
+fn session_check_params(
+    tenant_id: TenantId,
+    session_id: SessionId,
+    now: DateTime<Utc>,
+) -> [db::Param; 5] {
+    use db::Param;
+    [
+        Param::Uuid(tenant_id.as_uuid()),
+        Param::Uuid(session_id.as_uuid()),
+        Param::Time(now),
+        Param::Bool(true),
+        Param::Bool(true),
+    ]
+}
+
+/// The session and caller in a [`SESSION_CHECK_SQL`] row.
+fn principal_of(
+    row: &sea_orm::QueryResult,
+    tenant_id: TenantId,
+    session_id: SessionId,
+) -> DomainResult<(LiveSession, Principal)> {
     let role: String = row.try_get("", "role")?;
     let role =
         Role::parse(&role).map_err(|_| DomainError::Internal("unknown role in database".into()))?;
@@ -514,13 +530,22 @@ async fn load_principal(
 /// Checks, for every request, that the session named by a verified access token is still
 /// live and its user and tenant still active. Returns the caller with its current role.
 pub async fn authenticate(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     tenant_id: TenantId,
     user_id: UserId,
     session_id: SessionId,
     now: DateTime<Utc>,
 ) -> DomainResult<Principal> {
-    let (_, principal) = load_principal(db, tenant_id, session_id, now).await?;
+    // Runs on every authenticated request: a fixed statement (prepared once per connection)
+    // straight on the pool.
+    let row = db::fixed_one(
+        db,
+        SESSION_CHECK_SQL,
+        &session_check_params(tenant_id, session_id, now),
+    )
+    .await?
+    .ok_or(DomainError::Unauthenticated("session_ended"))?;
+    let (_, principal) = principal_of(&row, tenant_id, session_id)?;
     if principal.user_id != user_id {
         return Err(DomainError::Unauthenticated("session_ended"));
     }
