@@ -288,15 +288,9 @@ fn rate_headers(res: &mut actix_web::HttpResponse<BoxBody>, d: &Decision) {
 /// boxes the rest of the request's future once more (a visible share of a GET's CPU with
 /// three of them). In order: the rate limit (429 past it), 405 for a literal route that a
 /// parameterised sibling would otherwise take, then idempotency keys.
+///
+/// First step here: counts the request against its limit, refuses it with 429 past the limit.
 pub async fn guard<B: MessageBody + 'static>(
-    req: ServiceRequest,
-    next: Next<B>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    rate_limit(req, next).await
-}
-
-/// Counts the request against its limit, refuses it with 429 past the limit.
-async fn rate_limit<B: MessageBody + 'static>(
     req: ServiceRequest,
     next: Next<B>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {

@@ -461,15 +461,8 @@ pub async fn get_contact(
     id: ContactId,
 ) -> DomainResult<Contact> {
     // The hottest read: a fixed statement straight on the pool.
-    use sea_orm::FromQueryResult;
-    let params = [
-        crate::db::Param::Uuid(tenant.id().as_uuid()),
-        crate::db::Param::Uuid(id.as_uuid()),
-    ];
-    let row = crate::db::fixed_one(db, GET_CONTACT_SQL, &params)
-        .await?
-        .ok_or(DomainError::NotFound("contact"))?;
-    Contact::open(vault, tenant, ByPosition::from_query_result(&row, "")?.0)
+    let row = db::fixed_one(db, GET_CONTACT_SQL, &get_contact_params(tenant, id)).await?;
+    open_contact(vault, tenant, row)
 }
 
 /// [`get_contact`] inside a transaction.
@@ -479,17 +472,25 @@ async fn get_contact_in(
     tenant: &Tenant,
     id: ContactId,
 ) -> DomainResult<Contact> {
-    contact::Entity::find()
-        .from_raw_sql(sea_orm::Statement::from_sql_and_values(
-            txn.get_database_backend(),
-            GET_CONTACT_SQL,
-            [tenant.id().as_uuid().into(), id.as_uuid().into()],
-        ))
-        .into_model::<ByPosition>()
-        .one(txn)
-        .await?
-        .map(|r| Contact::open(vault, tenant, r.0))
-        .ok_or(DomainError::NotFound("contact"))?
+    let row = db::fixed_one_in(txn, GET_CONTACT_SQL, &get_contact_params(tenant, id)).await?;
+    open_contact(vault, tenant, row)
+}
+
+fn get_contact_params(tenant: &Tenant, id: ContactId) -> [db::Param; 2] {
+    [
+        db::Param::Uuid(tenant.id().as_uuid()),
+        db::Param::Uuid(id.as_uuid()),
+    ]
+}
+
+fn open_contact(
+    vault: &Vault,
+    tenant: &Tenant,
+    row: Option<sea_orm::QueryResult>,
+) -> DomainResult<Contact> {
+    use sea_orm::FromQueryResult;
+    let row = row.ok_or(DomainError::NotFound("contact"))?;
+    Contact::open(vault, tenant, ByPosition::from_query_result(&row, "")?.0)
 }
 
 /// A contact row decoded by column position — the entity's column order, which is what

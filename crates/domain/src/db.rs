@@ -108,6 +108,17 @@ pub(crate) async fn fixed_one(
     }
 }
 
+/// [`fixed_one`] on any connection (inside a transaction), through sea-orm.
+pub(crate) async fn fixed_one_in(
+    conn: &impl ConnectionTrait,
+    sql: &'static str,
+    params: &[Param],
+) -> Result<Option<sea_orm::QueryResult>, DbErr> {
+    let values = params.iter().map(|p| sea_orm::Value::from(*p));
+    let stmt = sea_orm::Statement::from_sql_and_values(conn.get_database_backend(), sql, values);
+    conn.query_one_raw(stmt).await
+}
+
 /// `column IN (values)`. On PostgreSQL it is `column = ANY($1)` with the values as one array
 /// parameter: the statement's text is the same for any number of values (prepared once per
 /// connection) and the server neither parses nor plans a parameter per value (for the 1,000
@@ -532,12 +543,7 @@ mod tests {
         let row = fixed_one(&db, SQL, &find(at - Span::seconds(1)))
             .await?
             .ok_or_else(|| DbErr::Custom("the row was not found".into()))?;
-        let by_sea_orm = db
-            .query_one_raw(sea_orm::Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                SQL,
-                find(at - Span::seconds(1)).map(sea_orm::Value::from),
-            ))
+        let by_sea_orm = fixed_one_in(&db, SQL, &find(at - Span::seconds(1)))
             .await?
             .ok_or_else(|| DbErr::Custom("sea-orm did not find the row".into()))?;
         let decoded = |r: &sea_orm::QueryResult| -> Result<_, DbErr> {

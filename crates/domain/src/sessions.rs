@@ -466,16 +466,9 @@ async fn load_principal(
     session_id: SessionId,
     now: DateTime<Utc>,
 ) -> DomainResult<(LiveSession, Principal)> {
-    let stmt = sea_orm::Statement::from_sql_and_values(
-        db.get_database_backend(),
-        SESSION_CHECK_SQL,
-        session_check_params(tenant_id, session_id, now).map(sea_orm::Value::from),
-    );
-    let row = db
-        .query_one_raw(stmt)
-        .await?
-        .ok_or(DomainError::Unauthenticated("session_ended"))?;
-    principal_of(&row, tenant_id, session_id)
+    let params = session_check_params(tenant_id, session_id, now);
+    let row = db::fixed_one_in(db, SESSION_CHECK_SQL, &params).await?;
+    principal_of(row, tenant_id, session_id)
 }
 
 fn session_check_params(
@@ -493,12 +486,13 @@ fn session_check_params(
     ]
 }
 
-/// The session and caller in a [`SESSION_CHECK_SQL`] row.
+/// The session and caller in a [`SESSION_CHECK_SQL`] row; no row: the session has ended.
 fn principal_of(
-    row: &sea_orm::QueryResult,
+    row: Option<sea_orm::QueryResult>,
     tenant_id: TenantId,
     session_id: SessionId,
 ) -> DomainResult<(LiveSession, Principal)> {
+    let row = row.ok_or(DomainError::Unauthenticated("session_ended"))?;
     let role: String = row.try_get("", "role")?;
     let role =
         Role::parse(&role).map_err(|_| DomainError::Internal("unknown role in database".into()))?;
@@ -538,14 +532,9 @@ pub async fn authenticate(
 ) -> DomainResult<Principal> {
     // Runs on every authenticated request: a fixed statement (prepared once per connection)
     // straight on the pool.
-    let row = db::fixed_one(
-        db,
-        SESSION_CHECK_SQL,
-        &session_check_params(tenant_id, session_id, now),
-    )
-    .await?
-    .ok_or(DomainError::Unauthenticated("session_ended"))?;
-    let (_, principal) = principal_of(&row, tenant_id, session_id)?;
+    let params = session_check_params(tenant_id, session_id, now);
+    let row = db::fixed_one(db, SESSION_CHECK_SQL, &params).await?;
+    let (_, principal) = principal_of(row, tenant_id, session_id)?;
     if principal.user_id != user_id {
         return Err(DomainError::Unauthenticated("session_ended"));
     }
