@@ -194,15 +194,20 @@ class Api:
 
 
 BASELINE = "minimal actix-web + sqlx server: "
+# The same server with one pool shared by its workers (PostgreSQL): what the API's pool per
+# worker changes.
+SHARED = "minimal server, one pool shared by its workers: "
 
 
 class Baseline:
-    def __init__(self, db_url, jwk_x, key_dir):
+    def __init__(self, db_url, jwk_x, key_dir, shared_pool=False, port=BASE_PORT):
+        self.port = port
         env = {
             "PATH": os.environ["PATH"],
             "BASELINE_KEY_DIR": key_dir,
             "BASELINE_DATABASE_URL": db_url,
-            "BASELINE_LISTEN": f"127.0.0.1:{BASE_PORT}",
+            "BASELINE_LISTEN": f"127.0.0.1:{port}",
+            "BASELINE_SHARED_POOL": "1" if shared_pool else "0",
             "BASELINE_JWK_X": jwk_x,
             "BASELINE_ISSUER": ISSUER,
             "BASELINE_AUDIENCE": "crm-api",
@@ -216,7 +221,7 @@ class Baseline:
         )
         for _ in range(300):
             try:
-                status, _, _ = request("GET", "/v1/contacts/x", port=BASE_PORT)
+                status, _, _ = request("GET", "/v1/contacts/x", port=port)
                 if status in (401, 404):
                     return
             except OSError:
@@ -655,26 +660,35 @@ def bench_backend(backend, args):
             results[name] = out
             log(f"{backend}: {name}: {out['rps']:.0f} req/s, p99 {out['p99_ms'] or 0:.1f} ms, errors {out['errors']}")
 
-        def side_by_side(name, script):
-            """Rounds alternate between the API and the minimal server, so both see the same
-            machine: the ratio holds when the machine is noisy."""
-            mine, theirs = [], []
-            with RssSampler(api.proc.pid) as rss, RssSampler(base.proc.pid) as base_rss:
+        def side_by_side(name, script, shared=None):
+            """Rounds alternate between the API and the minimal server (and the shared-pool
+            one, when given), so all see the same machine: the ratio holds when the machine
+            is noisy."""
+            mine, theirs, shared_rounds = [], [], []
+            with RssSampler(api.proc.pid) as rss, RssSampler(base.proc.pid) as base_rss, \
+                    RssSampler(shared.proc.pid if shared else base.proc.pid) as shared_rss:
                 for _ in range(args.rounds):
                     session.refresh()
                     mine.append(wrk(API_PORT, script, session.access, args))
                     session.refresh()
                     theirs.append(wrk(BASE_PORT, script, session.access, args))
-            for key, rounds, peak in ((name, mine, rss.peak), (BASELINE + name, theirs, base_rss.peak)):
+                    if shared:
+                        session.refresh()
+                        shared_rounds.append(wrk(shared.port, script, session.access, args))
+            series = [(name, mine, rss.peak), (BASELINE + name, theirs, base_rss.peak)]
+            if shared:
+                series.append((SHARED + name, shared_rounds, shared_rss.peak))
+            for key, rounds, peak in series:
                 out = summarise(rounds)
                 out["peak_rss_mb"] = peak / 1e6
                 results[key] = out
                 log(f"{backend}: {key}: {out['rps']:.0f} req/s, p99 {out['p99_ms'] or 0:.1f} ms, errors {out['errors']}")
 
         base = Baseline(db_url, jwk_x, key_dir)
+        shared = Baseline(db_url, jwk_x, key_dir, shared_pool=True, port=BASE_PORT + 1) if backend == "postgres" else None
         try:
             get = lua_script("get", DEMO_CONTACTS=str(demo_contacts))
-            side_by_side("GET contact by id", get)
+            side_by_side("GET contact by id", get, shared)
             listing = lua_script(
                 "static", METHOD=lua_str("GET"), PATH=lua_str("/v1/contacts?limit=50&updated_since=2025-11-01T00:00:00Z"),
                 HEADERS="{}", BODY="nil",
@@ -683,6 +697,8 @@ def bench_backend(backend, args):
             side_by_side("create contact", lua_script("create"))
         finally:
             base.stop()
+            if shared:
+                shared.stop()
         load("PATCH with If-Match", API_PORT, lua_script("patch", DEMO_CONTACTS=str(demo_contacts), THREADS="2"),
              before_round=reset_versions)
         feed = lua_script("static", METHOD=lua_str("GET"), PATH=lua_str("/v1/changes?since=0&limit=100"),
@@ -807,6 +823,13 @@ def table(report):
             lines.append(
                 f"| {name} | {r['rps']:.0f} ({r['rps_min']:.0f}–{r['rps_max']:.0f}){errors} | {r['p50_ms']:.1f} | {p99} | {rss} | {ratio_b} | {ratio_f} |"
             )
+        for name, r in res.items():
+            if name.startswith(SHARED) and name[len(SHARED):] in res:
+                mine = res[name[len(SHARED):]]["rps"]
+                lines.append(
+                    f"\n{name[len(SHARED):]}: the API is {mine / r['rps']:.2f}× a minimal server whose workers "
+                    "share one pool (the minimal server above has a pool per worker, as the API)."
+                )
     return "\n".join(lines)
 
 

@@ -18,6 +18,11 @@
 //! (127.0.0.1:port), `BASELINE_KEY_DIR` (the API's key directory: its key-encryption keys
 //! and suppression secret), `BASELINE_JWK_X` (the base64url Ed25519 public key of the API's JWKS),
 //! `BASELINE_ISSUER`, `BASELINE_AUDIENCE`, `BASELINE_WORKERS`.
+//!
+//! On PostgreSQL each worker thread has its own pool, as in the API (its connections are
+//! registered with the event loop of the thread that uses them); `BASELINE_SHARED_POOL=1`
+//! makes one pool shared by all workers instead, opened on the main thread, as a minimal
+//! sqlx server usually has it (the benchmark reports both).
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -33,15 +38,17 @@ use uuid::Uuid;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[derive(Clone)]
 enum Pool {
     Pg(PgPool),
     Sqlite(SqlitePool),
 }
 
+#[derive(Clone)]
 struct State {
     pool: Pool,
     /// The API's keys of personal data (from its key directory).
-    vault: Vault,
+    vault: std::sync::Arc<Vault>,
     key: DecodingKey,
     validation: Validation,
 }
@@ -458,6 +465,14 @@ async fn ping_if_idle<C: sqlx::Connection>(
     Ok(true)
 }
 
+/// The API's pool settings, as for SQLite.
+fn pg_pool_options(max: u32) -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
+}
+
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is required"))
 }
@@ -486,11 +501,7 @@ async fn main() -> std::io::Result<()> {
         )
     } else {
         Pool::Pg(
-            // The API's pool settings, as for SQLite.
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(16)
-                .test_before_acquire(false)
-                .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
+            pg_pool_options(crm_domain::db::PG_MAX_CONNECTIONS)
                 .connect(&url)
                 .await
                 .map_err(std::io::Error::other)?,
@@ -502,17 +513,33 @@ async fn main() -> std::io::Result<()> {
     validation.set_issuer(&[env("BASELINE_ISSUER")]);
     validation.set_audience(&[env("BASELINE_AUDIENCE")]);
     let workers: usize = env("BASELINE_WORKERS").parse().unwrap_or(2);
-    let state = web::Data::new(State {
+    let shared_pool = std::env::var("BASELINE_SHARED_POOL").is_ok_and(|v| v == "1");
+    let state = State {
         pool,
         // The API's own loader: the keys are read once, at start.
-        vault: crm_api::keys::load_vault(std::path::Path::new(&env("BASELINE_KEY_DIR")), false)
-            .map_err(std::io::Error::other)?,
+        vault: std::sync::Arc::new(
+            crm_api::keys::load_vault(std::path::Path::new(&env("BASELINE_KEY_DIR")), false)
+                .map_err(std::io::Error::other)?,
+        ),
         key,
         validation,
-    });
+    };
+    let own_pools = match &state.pool {
+        Pool::Pg(_) if !shared_pool => Some(
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(std::io::Error::other)?,
+        ),
+        _ => None,
+    };
     HttpServer::new(move || {
+        // Each worker's own PostgreSQL pool, as the API's (crm_domain::db::worker_pool).
+        let mut worker = state.clone();
+        if let Some(options) = &own_pools {
+            let per_worker = (crm_domain::db::PG_MAX_CONNECTIONS / workers.max(1) as u32).max(2);
+            worker.pool = Pool::Pg(pg_pool_options(per_worker).connect_lazy_with(options.clone()));
+        }
         App::new()
-            .app_data(state.clone())
+            .app_data(web::Data::new(worker))
             .route("/v1/contacts/{id}", web::get().to(get_contact))
             .route("/v1/contacts", web::get().to(list_contacts))
             .route("/v1/contacts", web::post().to(create_contact))

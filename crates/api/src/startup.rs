@@ -610,7 +610,7 @@ impl Application {
         let token_validation = crate::auth::token_validation(&settings.issuer, &settings.audience);
         let state = web::Data::new(AppState {
             db,
-            keys,
+            keys: Arc::new(keys),
             settings,
             clock,
             session_policy,
@@ -647,8 +647,17 @@ impl Application {
 
         let cors_origins = state.settings.webauthn_origins.clone();
         let server = HttpServer::new(move || {
+            // Runs on each worker thread: the worker's own state, with its own pool.
+            let worker_state = web::Data::new(AppState {
+                db: crm_domain::db::worker_pool(
+                    &state.db,
+                    &state.settings.database_url,
+                    workers,
+                ),
+                ..AppState::clone(&state)
+            });
             App::new()
-                .app_data(state.clone())
+                .app_data(worker_state)
                 .app_data(spec_json.clone())
                 .app_data(table.clone())
                 .app_data(shadowed.clone())

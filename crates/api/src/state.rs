@@ -9,9 +9,12 @@ use crm_domain::sessions::SessionPolicy;
 use crate::config::Settings;
 use crate::keys::KeyStore;
 
+/// Each request worker has its own copy (its own PostgreSQL pool, see
+/// [`crm_domain::db::worker_pool`]); everything else in it is shared.
+#[derive(Clone)]
 pub struct AppState {
     pub db: Db,
-    pub keys: KeyStore,
+    pub keys: Arc<KeyStore>,
     pub settings: Settings,
     pub clock: Arc<dyn Clock>,
     pub session_policy: SessionPolicy,
@@ -25,7 +28,7 @@ pub struct AppState {
     /// Back-channel client for OpenID providers: no redirects, short timeouts.
     pub oidc_http: reqwest::Client,
     /// This node's rate-limit counters (shared through the database).
-    pub rate_limiter: crate::limits::RateLimiter,
+    pub rate_limiter: Arc<crate::limits::RateLimiter>,
     /// How access tokens are validated (issuer, audience), built once.
     pub token_validation: jsonwebtoken::Validation,
 }

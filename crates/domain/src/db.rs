@@ -141,8 +141,55 @@ where
 /// A pooled connection idle this long is pinged before it is handed out.
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
 
+/// At most this many PostgreSQL connections serve requests on one node (shared among its
+/// request workers), and as many again start it and run its background jobs.
+pub const PG_MAX_CONNECTIONS: u32 = 16;
+
 /// Opens a pool. SQL statement logging is off: statements could carry personal values.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let max = if url.contains(":memory:") {
+        1
+    } else if url.starts_with("sqlite:") {
+        4
+    } else {
+        PG_MAX_CONNECTIONS
+    };
+    Database::connect(options(url, max)).await
+}
+
+/// The pool of one request worker thread. On PostgreSQL a worker gets its own pool
+/// (`PG_MAX_CONNECTIONS / workers` connections, opened on first use), so each connection's
+/// socket is registered with the event loop of the thread that uses it. A connection opened
+/// on another thread (the start-up pool's, or the other worker's) has its readiness reported
+/// by that thread's event loop, which then has to wake this one: a profile of GET by id
+/// showed the main thread woken for every other request. SQLite connections run on their own
+/// threads whichever pool they are in: the shared pool is kept (one writer queue, one
+/// in-memory database in tests).
+pub fn worker_pool(shared: &DatabaseConnection, url: &str, workers: usize) -> DatabaseConnection {
+    if shared.get_database_backend() != DbBackend::Postgres {
+        return shared.clone();
+    }
+    let per_worker = (PG_MAX_CONNECTIONS / workers.max(1) as u32).max(2);
+    let mut opts = options(url, per_worker);
+    opts.connect_lazy(true);
+    // A lazy pool opens nothing: the connector returns without waiting (it needs the
+    // thread's runtime, which a worker has, for the pool's upkeep task).
+    let mut connecting = std::pin::pin!(Database::connect(opts));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(connecting.as_mut(), &mut cx) {
+        std::task::Poll::Ready(Ok(db)) => db,
+        std::task::Poll::Ready(Err(e)) => {
+            log::warn!("a worker's own pool could not be made ({e}); it uses the shared pool");
+            shared.clone()
+        }
+        std::task::Poll::Pending => {
+            log::warn!("a worker's own pool was not ready at once; it uses the shared pool");
+            shared.clone()
+        }
+    }
+}
+
+fn options(url: &str, max_connections: u32) -> ConnectOptions {
     let sqlite = url.starts_with("sqlite:");
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
@@ -154,13 +201,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         // proxies drop); a busy connection that broke fails its statement once and is
         // replaced.
         .test_before_acquire_if_idle_for(PING_AFTER_IDLE)
-        .max_connections(if url.contains(":memory:") {
-            1
-        } else if sqlite {
-            4
-        } else {
-            16
-        });
+        .max_connections(max_connections);
     if sqlite {
         opts.map_sqlx_sqlite_opts(|o| {
             o.foreign_keys(true)
@@ -171,7 +212,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 .pragma("secure_delete", "ON")
         });
     }
-    Database::connect(opts).await
+    opts
 }
 
 /// SQLite lets one transaction write at a time. A writer that finds the lock taken waits in
