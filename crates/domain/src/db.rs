@@ -141,9 +141,13 @@ where
 /// A pooled connection idle this long is pinged before it is handed out.
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
 
-/// At most this many PostgreSQL connections serve requests on one node (shared among its
-/// request workers), and as many again start it and run its background jobs.
+/// At most this many PostgreSQL connections serve requests on one node (divided among its
+/// request workers).
 pub const PG_MAX_CONNECTIONS: u32 = 16;
+
+/// At most this many PostgreSQL connections start a node and run its background jobs (each
+/// job runs one statement or transaction at a time) and the command line's work.
+const PG_SHARED_CONNECTIONS: u32 = 8;
 
 /// Opens a pool. SQL statement logging is off: statements could carry personal values.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
@@ -152,9 +156,9 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     } else if url.starts_with("sqlite:") {
         4
     } else {
-        PG_MAX_CONNECTIONS
+        PG_SHARED_CONNECTIONS
     };
-    Database::connect(options(url, max)).await
+    Database::connect(options(url, max, "crm")).await
 }
 
 /// The pool of one request worker thread. On PostgreSQL a worker gets its own pool
@@ -170,7 +174,7 @@ pub fn worker_pool(shared: &DatabaseConnection, url: &str, workers: usize) -> Da
         return shared.clone();
     }
     let per_worker = (PG_MAX_CONNECTIONS / workers.max(1) as u32).max(2);
-    let mut opts = options(url, per_worker);
+    let mut opts = options(url, per_worker, "crm-worker");
     opts.connect_lazy(true);
     // A lazy pool opens nothing: the connector returns without waiting (it needs the
     // thread's runtime, which a worker has, for the pool's upkeep task).
@@ -189,7 +193,10 @@ pub fn worker_pool(shared: &DatabaseConnection, url: &str, workers: usize) -> Da
     }
 }
 
-fn options(url: &str, max_connections: u32) -> ConnectOptions {
+/// Pool settings. `name` is the PostgreSQL `application_name` (`crm` for the pool that
+/// starts the node and runs its background jobs, `crm-worker` for request workers), unless
+/// the URL names one.
+fn options(url: &str, max_connections: u32, name: &'static str) -> ConnectOptions {
     let sqlite = url.starts_with("sqlite:");
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
@@ -210,6 +217,14 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
                 .busy_timeout(Duration::from_secs(10))
                 // Deleted content is zeroed, not left in free pages (erasure).
                 .pragma("secure_delete", "ON")
+        });
+    } else {
+        opts.map_sqlx_postgres_opts(move |o| {
+            if o.get_application_name().is_some() {
+                o
+            } else {
+                o.application_name(name)
+            }
         });
     }
     opts
