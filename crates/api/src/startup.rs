@@ -36,12 +36,9 @@ use crate::state::AppState;
 fn routes(cfg: &mut ServiceConfig) {
     cfg.service(meta::health).service(meta::jwks).service(
         scope::scope("/v1")
-            // The busiest routes first: actix tries routes in this order.
-            .service(companies::create_company)
-            .service(companies::list_companies)
-            .service(companies::get_company)
-            .service(companies::update_company)
-            .service(companies::delete_company)
+            // The busiest routes first: actix tries routes in this order, matching each
+            // parameterised path with a regular expression (contacts first: a GET by id
+            // tried the three `/companies/{id}` routes before its own).
             .service(contacts::batch_upsert)
             .service(contacts::create_import)
             .service(contacts::get_import)
@@ -50,6 +47,11 @@ fn routes(cfg: &mut ServiceConfig) {
             .service(contacts::get_contact)
             .service(contacts::update_contact)
             .service(contacts::delete_contact)
+            .service(companies::create_company)
+            .service(companies::list_companies)
+            .service(companies::get_company)
+            .service(companies::update_company)
+            .service(companies::delete_company)
             .service(orders::create_order)
             .service(orders::list_orders)
             .service(orders::get_order)
