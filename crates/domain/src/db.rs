@@ -195,7 +195,7 @@ pub fn worker_pool(shared: &DatabaseConnection, url: &str, workers: usize) -> Da
 
 /// Pool settings. `name` is the PostgreSQL `application_name` (`crm` for the pool that
 /// starts the node and runs its background jobs, `crm-worker` for request workers), unless
-/// the URL names one.
+/// the URL or the `PGAPPNAME` environment variable names one (then every pool has that name).
 fn options(url: &str, max_connections: u32, name: &'static str) -> ConnectOptions {
     let sqlite = url.starts_with("sqlite:");
     let mut opts = ConnectOptions::new(url.to_owned());
