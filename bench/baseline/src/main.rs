@@ -535,8 +535,8 @@ async fn main() -> std::io::Result<()> {
         // Each worker's own PostgreSQL pool, as the API's (crm_domain::db::worker_pool).
         let mut worker = state.clone();
         if let Some(options) = &own_pools {
-            let per_worker = (crm_domain::db::PG_MAX_CONNECTIONS / workers.max(1) as u32).max(2);
-            worker.pool = Pool::Pg(pg_pool_options(per_worker).connect_lazy_with(options.clone()));
+            let size = crm_domain::db::worker_pool_size(workers);
+            worker.pool = Pool::Pg(pg_pool_options(size).connect_lazy_with(options.clone()));
         }
         App::new()
             .app_data(web::Data::new(worker))

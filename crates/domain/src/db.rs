@@ -173,8 +173,7 @@ pub fn worker_pool(shared: &DatabaseConnection, url: &str, workers: usize) -> Da
     if shared.get_database_backend() != DbBackend::Postgres {
         return shared.clone();
     }
-    let per_worker = (PG_MAX_CONNECTIONS / workers.max(1) as u32).max(2);
-    let mut opts = options(url, per_worker, "crm-worker");
+    let mut opts = options(url, worker_pool_size(workers), "crm-worker");
     opts.connect_lazy(true);
     // A lazy pool opens nothing: the connector returns without waiting (it needs the
     // thread's runtime, which a worker has, for the pool's upkeep task).
@@ -191,6 +190,12 @@ pub fn worker_pool(shared: &DatabaseConnection, url: &str, workers: usize) -> Da
             shared.clone()
         }
     }
+}
+
+/// Connections in each worker's PostgreSQL pool: [`PG_MAX_CONNECTIONS`] divided among the
+/// workers, at least 2.
+pub fn worker_pool_size(workers: usize) -> u32 {
+    (PG_MAX_CONNECTIONS / workers.max(1) as u32).max(2)
 }
 
 /// Pool settings. `name` is the PostgreSQL `application_name` (`crm` for the pool that
