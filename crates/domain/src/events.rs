@@ -168,8 +168,13 @@ pub async fn emit_to_all_tenants(
 
 /// An event payload that names a person, sealed with their data key: stored as a JSON string
 /// (`"s1:…"`); [`open_payloads`] opens it while the person's key exists.
-pub(crate) fn sealed_payload(key: &DataKey, payload: &Value) -> Value {
-    Value::String(key.seal(PAYLOAD_FIELD, &payload.to_string()))
+pub(crate) fn sealed_payload(key: &DataKey, payload: &impl serde::Serialize) -> Value {
+    let text = match serde_json::to_string(payload) {
+        Ok(text) => text,
+        // Payloads are JSON values and structs of plain fields: string keys only.
+        Err(e) => unreachable!("an event payload serialises: {e}"),
+    };
+    Value::String(key.seal(PAYLOAD_FIELD, &text))
 }
 
 const PAYLOAD_FIELD: &str = "event.payload";

@@ -151,7 +151,10 @@ async fn seal_events(
         let Some(subject) = r.subject_contact_id else {
             continue;
         };
-        let sealed = match (keys.get(&subject), serde_json::from_str(&r.payload)) {
+        let sealed = match (
+            keys.get(&subject),
+            serde_json::from_str::<serde_json::Value>(&r.payload),
+        ) {
             (Some(SubjectKey::Open(key)), Ok(payload)) => {
                 crate::events::sealed_payload(key, &payload).to_string()
             }

@@ -46,9 +46,23 @@ impl SuppressionSecret {
 
     /// [`SuppressionSecret::digest`] of an address already in its normalised form.
     pub(crate) fn digest_normalised(&self, tenant: TenantId, email: &str) -> String {
+        self.digester(tenant).digest_normalised(email)
+    }
+
+    /// The tenant's digests, keyed once for many addresses (a bulk upsert's).
+    pub(crate) fn digester(&self, tenant: TenantId) -> Digester {
         let key = self.tenant_key(tenant);
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap_or_else(|_| unreachable_mac());
+        Digester(<Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap_or_else(|_| unreachable_mac()))
+    }
+}
+
+/// One tenant's keyed digest ([`SuppressionSecret::digester`]).
+pub(crate) struct Digester(Hmac<Sha256>);
+
+impl Digester {
+    /// [`SuppressionSecret::digest_normalised`] under this digester's tenant.
+    pub(crate) fn digest_normalised(&self, email: &str) -> String {
+        let mut mac = self.0.clone();
         mac.update(email.as_bytes());
         crate::secrets::hex(&mac.finalize().into_bytes())
     }

@@ -572,9 +572,9 @@ pub async fn batch_upsert(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let mut top = Input::body(&body, &["items"])?;
-    let items = top.array("items", true, 1, BATCH_MAX).cloned();
+    let items = top.array("items", true, 1, BATCH_MAX);
     top.finish()?;
-    let items = items.unwrap_or_default();
+    let items: &[Value] = items.map(Vec::as_slice).unwrap_or_default();
     let mut results: Vec<Option<BatchItemOut>> = Vec::with_capacity(items.len());
     let mut valid = Vec::new();
     let mut positions = Vec::new();

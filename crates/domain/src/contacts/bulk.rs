@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     BatchItem, Contact, ItemOutcome, SuppressionGate, contact_event, email_taken, identifiable,
-    redacted, row, unknown_company,
+    redacted, row_indexed, unknown_company,
 };
 use crate::audit::{self, Actor, Event};
 use crate::db::one_of;
@@ -49,6 +49,8 @@ struct Known {
     suppressed: HashSet<String>,
     /// Contacts this batch creates.
     created: HashSet<Uuid>,
+    /// E-mail → its blind index, for every address an item names (computed once).
+    email_index: HashMap<String, String>,
 }
 
 /// Applies the items; `None` when the database refused the writes (a concurrent change): the
@@ -68,7 +70,6 @@ pub(super) async fn upsert(
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(items.len());
     let mut audit_entries = Vec::new();
-    let mut events = Vec::new();
     for item in items {
         match apply(&mut known, tenant, item, gate, now) {
             Ok((outcome, details)) => {
@@ -86,7 +87,6 @@ pub(super) async fn upsert(
                     object_id: Some(id),
                     details,
                 });
-                events.push(contact_event(action, contact));
                 out.push(match outcome {
                     Applied::Created(c) => ItemOutcome::Created(c),
                     Applied::Updated(c) => ItemOutcome::Updated(c),
@@ -101,29 +101,62 @@ pub(super) async fn upsert(
         .iter()
         .filter_map(|id| known.contacts.get(id))
         .partition(|c| known.created.contains(&c.id.as_uuid()));
+    let to_rows = |contacts: Vec<&Contact>| -> Vec<contact::ActiveModel> {
+        contacts
+            .into_iter()
+            .map(|c| {
+                let index = c.email.as_ref().map(|e| match known.email_index.get(e) {
+                    Some(index) => index.clone(),
+                    None => gate.vault.email_index_normalised(tenant.id(), e),
+                });
+                row_indexed(tenant, c, index)
+            })
+            .collect()
+    };
+    let (changed, new) = (to_rows(changed), to_rows(new));
+    // The events (each item's contact as it left that item, sealed) are built while the
+    // database writes the contacts: the same thread, in the time it would wait.
+    let (written, events) = tokio::join!(write_contacts(db, changed, new), async {
+        out.iter()
+            .filter_map(|o| match o {
+                ItemOutcome::Created(c) => Some(contact_event("contact.created", c)),
+                ItemOutcome::Updated(c) => Some(contact_event("contact.updated", c)),
+                ItemOutcome::Failed(_) => None,
+            })
+            .collect::<Vec<_>>()
+    });
+    if !written? {
+        return Ok(None);
+    }
+    let lock = audit::record_many(db, tenant.id(), actor, audit_entries, now).await?;
+    crate::events::emit_locked(db, &lock, events, now).await?;
+    Ok(Some(out))
+}
+
+/// Writes the changed contacts (upserts on their id), then the new ones; `false` when the
+/// database refused them (a concurrent change).
+async fn write_contacts(
+    db: &impl ConnectionTrait,
+    changed: Vec<contact::ActiveModel>,
+    new: Vec<contact::ActiveModel>,
+) -> DomainResult<bool> {
     for (rows, upsert) in [(changed, Some(&UPDATE)), (new, None)] {
         let n = rows.len() as u64;
-        let models: Vec<contact::ActiveModel> = rows
-            .into_iter()
-            .map(|c| row(gate.vault, tenant, c))
-            .collect();
-        match crate::db::insert_rows(db, models, upsert).await {
+        match crate::db::insert_rows(db, rows, upsert).await {
             Ok(count) if count == n => {}
-            Ok(_) => return Ok(None),
+            Ok(_) => return Ok(false),
             Err(e)
                 if matches!(
                     e.sql_err(),
                     Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
                 ) =>
             {
-                return Ok(None);
+                return Ok(false);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    let lock = audit::record_many(db, tenant.id(), actor, audit_entries, now).await?;
-    crate::events::emit_locked(db, &lock, events, now).await?;
-    Ok(Some(out))
+    Ok(true)
 }
 
 async fn read(
@@ -159,9 +192,10 @@ async fn read(
         .collect();
 
     // The blind index of each address is also its suppression digest.
+    let digester = gate.vault.suppression().digester(tenant.id());
     let digests: HashMap<String, &EmailAddress> = emails
         .iter()
-        .map(|e| (gate.vault.email_index(tenant.id(), e), *e))
+        .map(|e| (digester.digest_normalised(e.as_str()), *e))
         .collect();
     let mut contacts = HashMap::new();
     if !ids.is_empty() || !emails.is_empty() {
@@ -227,12 +261,17 @@ async fn read(
             }
         }
     }
+    let email_index = digests
+        .into_iter()
+        .map(|(index, e)| (e.as_str().to_owned(), index))
+        .collect();
     Ok(Known {
         contacts,
         by_email,
         companies,
         suppressed,
         created: HashSet::new(),
+        email_index,
     })
 }
 
