@@ -413,8 +413,8 @@ pub(crate) struct Upsert {
 /// with none sends no mask, and a column that is NULL in every row is a typed `NULL` in the
 /// statement and sends nothing (each element sent is cloned and encoded twice on the way:
 /// for 1,000 contacts the masks were more than half of them). The statement's text depends
-/// only on which kind each column is (a few variants per table, each prepared once per
-/// connection). SQLite runs in-process: multi-row `VALUES`; so does a single row on
+/// on which columns have no, some or only NULLs: one text per such pattern, few in practice,
+/// each prepared once per connection. SQLite runs in-process: multi-row `VALUES`; so does a single row on
 /// PostgreSQL.
 pub(crate) async fn insert_rows<A>(
     db: &impl ConnectionTrait,

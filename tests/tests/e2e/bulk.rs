@@ -298,90 +298,134 @@ both!(bulk_upsert_applies_items_in_order, |app| {
 });
 
 // Each column of a batch travels as one array on PostgreSQL; a column with no NULLs, some
-// NULLs or only NULLs is sent differently. Every pattern reads back as written, in the
-// contact and in its event, and updates keep what they do not name.
+// NULLs or only NULLs is sent differently. Every pattern reads back as written — in the
+// contact, in its event and in its e-mail's blind index (the lookup by address) — and
+// updates keep what they do not name.
 both!(
     bulk_upsert_round_trips_every_pattern_of_missing_values,
     |app| {
         let admin = app.new_tenant().await;
+        let t = &admin.access;
         let company = app
-            .create("/v1/companies", &admin.access, json!({"name": "Acme"}))
+            .create("/v1/companies", t, json!({"name": "Acme"}))
             .await;
-        let fields = [
-            "first_name",
-            "last_name",
-            "email",
-            "phone",
-            "job_title",
-            "company_id",
-        ];
-        // phone: some NULL; job_title: all NULL but one; company_id: one set; last_name: never
-        // NULL; first_name: NULL but in the last.
+        // Rows with a value, per column: last_name all; first_name 3; email 0 and 2; phone 0
+        // and 1; job_title 1 and 2; company_id 1 (no two columns alike, so swapped masks show).
         let items = json!([
             {"last_name": "One", "email": "one@example.com", "phone": "+44 1"},
-            {"last_name": "Two", "job_title": "Buyer", "company_id": company["id"]},
-            {"last_name": "Three", "email": "three@example.com", "phone": "+44 3"},
+            {"last_name": "Two", "phone": "+44 2", "job_title": "Buyer", "company_id": company["id"]},
+            {"last_name": "Three", "email": "three@example.com", "job_title": "Owner"},
             {"last_name": "Four", "first_name": "Dora"},
         ]);
-        let since = changes(&app, &admin.access, 0).await.len() as i64;
-        let out = batch(&app, &admin.access, &json!({"items": items})).await;
+        let since = changes(&app, t, 0).await.len() as i64;
+        let out = batch(&app, t, &json!({"items": items})).await;
         assert_eq!(out["created"], 4);
-        let feed = changes(&app, &admin.access, since).await;
-        assert_eq!(feed.len(), 4);
-        for (i, item) in items.as_array().unwrap().iter().enumerate() {
-            let id = out["results"][i]["id"].as_str().unwrap();
-            let got: Value = app
-                .get(&format!("/v1/contacts/{id}"), &admin.access)
-                .await
-                .json()
-                .await
-                .unwrap();
-            for f in fields {
-                let want = item.get(f).cloned().unwrap_or(Value::Null);
-                assert_eq!(got[f], want, "item {i}, {f}");
-                assert_eq!(feed[i]["data"][f], want, "item {i}'s event, {f}");
-            }
-            assert_eq!(feed[i]["data"]["id"], id);
-            assert_eq!(feed[i]["data"]["version"], 1);
-        }
-
-        // Updates with the same patterns: named fields change (null clears), others stay.
         let ids: Vec<Value> = (0..4).map(|i| out["results"][i]["id"].clone()).collect();
+        let feed = changes(&app, t, since).await;
+        assert_eq!(feed.len(), 4);
+        for (i, want) in items.as_array().unwrap().iter().enumerate() {
+            assert_contact(&app, t, &ids[i], want, 1).await;
+            assert_eq!(feed[i]["type"], "contact.created");
+            assert_eq!(feed[i]["data"]["id"], ids[i]);
+            assert_eq!(feed[i]["data"]["version"], 1);
+            for f in FIELDS {
+                assert_eq!(feed[i]["data"][f], field(want, f), "item {i}'s event, {f}");
+            }
+        }
+        assert_eq!(by_email(&app, t, "one@example.com").await, [ids[0].clone()]);
+        assert_eq!(
+            by_email(&app, t, "three@example.com").await,
+            [ids[2].clone()]
+        );
+
+        // Updates with other patterns: named fields change (null clears), others stay, and an
+        // address no item names keeps its blind index.
         let updates = json!([
             {"id": ids[0], "phone": null, "job_title": "Owner"},
             {"id": ids[1], "company_id": null},
             {"id": ids[2], "first_name": "Tess"},
             {"id": ids[3], "email": "four@example.com"},
         ]);
-        let out = batch(&app, &admin.access, &json!({"items": updates})).await;
+        let since = since + 4;
+        let out = batch(&app, t, &json!({"items": updates})).await;
         assert_eq!(out["updated"], 4);
         let want = [
             json!({"last_name": "One", "email": "one@example.com", "job_title": "Owner"}),
-            json!({"last_name": "Two", "job_title": "Buyer"}),
-            json!({"last_name": "Three", "email": "three@example.com", "phone": "+44 3", "first_name": "Tess"}),
+            json!({"last_name": "Two", "phone": "+44 2", "job_title": "Buyer"}),
+            json!({"last_name": "Three", "email": "three@example.com", "job_title": "Owner", "first_name": "Tess"}),
             json!({"last_name": "Four", "first_name": "Dora", "email": "four@example.com"}),
         ];
-        for (id, want) in ids.iter().zip(want) {
-            let got: Value = app
-                .get(
-                    &format!("/v1/contacts/{}", id.as_str().unwrap()),
-                    &admin.access,
-                )
-                .await
-                .json()
-                .await
-                .unwrap();
-            for f in fields {
+        let feed = changes(&app, t, since).await;
+        assert_eq!(feed.len(), 4);
+        for (i, want) in want.iter().enumerate() {
+            assert_contact(&app, t, &ids[i], want, 2).await;
+            assert_eq!(feed[i]["type"], "contact.updated");
+            assert_eq!(feed[i]["data"]["id"], ids[i]);
+            for f in FIELDS {
                 assert_eq!(
-                    got[f],
-                    want.get(f).cloned().unwrap_or(Value::Null),
-                    "{id}, {f}"
+                    feed[i]["data"][f],
+                    field(want, f),
+                    "update {i}'s event, {f}"
                 );
             }
-            assert_eq!(got["version"], 2);
+        }
+        for (email, i) in [
+            ("one@example.com", 0),
+            ("three@example.com", 2),
+            ("four@example.com", 3),
+        ] {
+            assert_eq!(by_email(&app, t, email).await, [ids[i].clone()], "{email}");
         }
     }
 );
+
+/// The contact fields a bulk item can set.
+const FIELDS: [&str; 6] = [
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "job_title",
+    "company_id",
+];
+
+fn field(item: &Value, name: &str) -> Value {
+    item.get(name).cloned().unwrap_or(Value::Null)
+}
+
+/// The contact has exactly the item's fields (the others empty) and this version.
+async fn assert_contact(
+    app: &crm_e2e::TestApp,
+    token: &str,
+    id: &Value,
+    want: &Value,
+    version: i64,
+) {
+    let id = id.as_str().unwrap();
+    let got: Value = app
+        .get(&format!("/v1/contacts/{id}"), token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    for f in FIELDS {
+        assert_eq!(got[f], field(want, f), "{id}, {f}");
+    }
+    assert_eq!(got["version"], version, "{id}");
+}
+
+/// The ids of the contacts found by an address.
+async fn by_email(app: &crm_e2e::TestApp, token: &str, email: &str) -> Vec<Value> {
+    let resp = app.get(&format!("/v1/contacts?email={email}"), token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect()
+}
 
 async fn batch(app: &crm_e2e::TestApp, token: &str, body: &Value) -> Value {
     let resp = app.post("/v1/contacts/batch", token, body).await;

@@ -19,6 +19,7 @@ use crate::db::one_of;
 use crate::entities::{company, contact, suppression};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{CompanyId, ContactId};
+use crate::suppression::Digester;
 use crate::tenancy::Tenant;
 use crate::values::{EmailAddress, Patch};
 
@@ -51,6 +52,8 @@ struct Known {
     created: HashSet<Uuid>,
     /// E-mail → its blind index, for every address an item names (computed once).
     email_index: HashMap<String, String>,
+    /// The tenant's blind index, keyed once per call (for addresses no item names).
+    digester: Digester,
 }
 
 /// Applies the items; `None` when the database refused the writes (a concurrent change): the
@@ -107,7 +110,7 @@ pub(super) async fn upsert(
             .map(|c| {
                 let index = c.email.as_ref().map(|e| match known.email_index.get(e) {
                     Some(index) => index.clone(),
-                    None => gate.vault.email_index_normalised(tenant.id(), e),
+                    None => known.digester.digest_normalised(e),
                 });
                 row_indexed(tenant, c, index)
             })
@@ -272,6 +275,7 @@ async fn read(
         suppressed,
         created: HashSet::new(),
         email_index,
+        digester,
     })
 }
 
