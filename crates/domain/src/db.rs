@@ -414,8 +414,8 @@ pub(crate) struct Upsert {
 /// statement and sends nothing (each element sent is cloned and encoded twice on the way:
 /// for 1,000 contacts the masks were more than half of them). The statement's text depends
 /// on which columns have no, some or only NULLs: one text per such pattern, few in practice,
-/// each prepared once per connection. SQLite runs in-process: multi-row `VALUES`; so does a single row on
-/// PostgreSQL.
+/// each prepared once per connection. SQLite runs in-process: multi-row `VALUES`; so does a
+/// single row on PostgreSQL.
 pub(crate) async fn insert_rows<A>(
     db: &impl ConnectionTrait,
     mut rows: Vec<A>,

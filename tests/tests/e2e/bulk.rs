@@ -313,7 +313,10 @@ both!(
         // and 1; job_title 1 and 2; company_id 1 (no two columns alike, so swapped masks show).
         let items = json!([
             {"last_name": "One", "email": "one@example.com", "phone": "+44 1"},
-            {"last_name": "Two", "phone": "+44 2", "job_title": "Buyer", "company_id": company["id"]},
+            {
+                "last_name": "Two", "phone": "+44 2", "job_title": "Buyer",
+                "company_id": company["id"]
+            },
             {"last_name": "Three", "email": "three@example.com", "job_title": "Owner"},
             {"last_name": "Four", "first_name": "Dora"},
         ]);
@@ -352,7 +355,10 @@ both!(
         let want = [
             json!({"last_name": "One", "email": "one@example.com", "job_title": "Owner"}),
             json!({"last_name": "Two", "phone": "+44 2", "job_title": "Buyer"}),
-            json!({"last_name": "Three", "email": "three@example.com", "job_title": "Owner", "first_name": "Tess"}),
+            json!({
+                "last_name": "Three", "email": "three@example.com", "job_title": "Owner",
+                "first_name": "Tess"
+            }),
             json!({"last_name": "Four", "first_name": "Dora", "email": "four@example.com"}),
         ];
         let feed = changes(&app, t, since).await;
