@@ -209,7 +209,7 @@ pub fn verify_access_token(state: &AppState, token: &str) -> Result<TokenSubject
     }
 }
 
-pub(crate) fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+pub(crate) fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     let missing = ApiError::Unauthenticated {
         code: "unauthenticated",
         detail: "this operation needs an access token: Authorization: Bearer <token>",
@@ -223,7 +223,7 @@ pub(crate) fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(invalid_token());
     }
-    Ok(token.trim().to_owned())
+    Ok(token.trim())
 }
 
 /// The outcome of verifying the request's bearer token, kept in the request's extensions so
@@ -249,7 +249,7 @@ async fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
         .and_then(|v| v.0.clone());
     let subject = match known {
         Some(s) => s,
-        None => verify_access_token(&state, &bearer(req)?)?,
+        None => verify_access_token(&state, bearer(req)?)?,
     };
     let now = state.clock.now();
     match subject {

@@ -250,7 +250,7 @@ fn verified(req: &ServiceRequest, state: &AppState) -> Option<TokenSubject> {
     }
     let subject = bearer(req.request())
         .ok()
-        .and_then(|token| verify_access_token(state, &token).ok());
+        .and_then(|token| verify_access_token(state, token).ok());
     req.extensions_mut().insert(VerifiedToken(subject.clone()));
     subject
 }

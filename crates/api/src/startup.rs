@@ -535,7 +535,16 @@ fn spawn_retention_job(state: web::Data<AppState>) -> tokio::task::JoinHandle<()
 
 /// Browsers may call the API from the configured front-end origins only. Tokens travel in
 /// the `Authorization` header, never in cookies, so credentials mode stays off.
-fn cors(origins: &[String]) -> actix_cors::Cors {
+///
+/// A request without `Origin` that is not a preflight (`OPTIONS`) is not a CORS request: it
+/// skips the CORS checks and gets only the `Vary` header (so a cache never answers a browser's
+/// CORS request with it). Scripted clients and integrations, most of the traffic, pay nothing
+/// more, and their responses carry no `Access-Control-*` headers.
+fn cors(origins: &[String]) -> CorsIfOrigin {
+    CorsIfOrigin(cors_rules(origins))
+}
+
+fn cors_rules(origins: &[String]) -> actix_cors::Cors {
     let mut cors = actix_cors::Cors::default()
         .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
         .allowed_headers([
@@ -556,6 +565,97 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
         cors = cors.allowed_origin(origin);
     }
     cors
+}
+
+/// What actix-cors answers in `Vary` on every response.
+const CORS_VARY: &str = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+
+/// [`actix_cors::Cors`] for CORS requests only (see [`cors`]).
+struct CorsIfOrigin(actix_cors::Cors);
+
+/// The service both paths share.
+struct Shared<S> {
+    inner: std::rc::Rc<S>,
+}
+
+impl<S, Req> Service<Req> for Shared<S>
+where
+    S: Service<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    actix_web::dev::forward_ready!(inner);
+
+    fn call(&self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+impl<S, B> actix_web::dev::Transform<S, actix_web::dev::ServiceRequest> for CorsIfOrigin
+where
+    S: Service<
+            actix_web::dev::ServiceRequest,
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+        > + 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    type Response = ServiceResponse<actix_web::body::EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = CorsIfOriginService<S>;
+    type InitError = ();
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self::Transform, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        let inner = std::rc::Rc::new(service);
+        let cors = self.0.new_transform(Shared {
+            inner: inner.clone(),
+        });
+        Box::pin(async move {
+            Ok(CorsIfOriginService {
+                inner,
+                cors: cors.await?,
+            })
+        })
+    }
+}
+
+struct CorsIfOriginService<S: 'static> {
+    inner: std::rc::Rc<S>,
+    cors: actix_cors::CorsMiddleware<Shared<S>>,
+}
+
+impl<S, B> Service<actix_web::dev::ServiceRequest> for CorsIfOriginService<S>
+where
+    S: Service<
+            actix_web::dev::ServiceRequest,
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+        > + 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    type Response = ServiceResponse<actix_web::body::EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future =
+        futures_util::future::LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    actix_web::dev::forward_ready!(inner);
+
+    fn call(&self, req: actix_web::dev::ServiceRequest) -> Self::Future {
+        if req.method() == Method::OPTIONS || req.headers().contains_key(header::ORIGIN) {
+            return self.cors.call(req);
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut res = fut.await?;
+            // Appended: a handler's own `Vary` stays.
+            res.headers_mut()
+                .append(header::VARY, HeaderValue::from_static(CORS_VARY));
+            Ok(res.map_into_left_body())
+        })
+    }
 }
 
 pub struct Application {

@@ -711,5 +711,30 @@ both!(
             resp.headers()["access-control-allow-origin"],
             crm_e2e::FRONTEND_ORIGIN
         );
+        let exposed = resp.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap();
+        assert!(
+            exposed.contains("etag") && exposed.contains("x-request-id"),
+            "{exposed}"
+        );
+        // A request without Origin (a script, an integration) is not a CORS request: no
+        // Access-Control-* headers, only Vary, for caches. Also on an error.
+        for path in ["/health", "/v1/contacts"] {
+            let plain = app.client.get(app.url(path)).send().await.unwrap();
+            assert!(
+                plain
+                    .headers()
+                    .keys()
+                    .all(|k| !k.as_str().starts_with("access-control-")),
+                "{path}: {:?}",
+                plain.headers()
+            );
+            assert_eq!(
+                plain.headers()["vary"],
+                "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+                "{path}"
+            );
+        }
     }
 );
