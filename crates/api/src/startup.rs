@@ -573,26 +573,6 @@ const CORS_VARY: &str = "Origin, Access-Control-Request-Method, Access-Control-R
 /// [`actix_cors::Cors`] for CORS requests only (see [`cors`]).
 struct CorsIfOrigin(actix_cors::Cors);
 
-/// The service both paths share.
-struct Shared<S> {
-    inner: std::rc::Rc<S>,
-}
-
-impl<S, Req> Service<Req> for Shared<S>
-where
-    S: Service<Req>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    actix_web::dev::forward_ready!(inner);
-
-    fn call(&self, req: Req) -> Self::Future {
-        self.inner.call(req)
-    }
-}
-
 impl<S, B> actix_web::dev::Transform<S, actix_web::dev::ServiceRequest> for CorsIfOrigin
 where
     S: Service<
@@ -610,9 +590,8 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         let inner = std::rc::Rc::new(service);
-        let cors = self.0.new_transform(Shared {
-            inner: inner.clone(),
-        });
+        // actix-service serves through an `Rc` of a service: both paths share it.
+        let cors = self.0.new_transform(inner.clone());
         Box::pin(async move {
             Ok(CorsIfOriginService {
                 inner,
@@ -624,7 +603,7 @@ where
 
 struct CorsIfOriginService<S: 'static> {
     inner: std::rc::Rc<S>,
-    cors: actix_cors::CorsMiddleware<Shared<S>>,
+    cors: actix_cors::CorsMiddleware<std::rc::Rc<S>>,
 }
 
 impl<S, B> Service<actix_web::dev::ServiceRequest> for CorsIfOriginService<S>
