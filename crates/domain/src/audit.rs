@@ -141,6 +141,11 @@ pub async fn record(
     record_many(db, tenant, actor, [event], now).await
 }
 
+/// The end of a tenant's chain: its last entry's number and hash. A fixed statement (every
+/// write runs it): building it with sea-query cost more than running it on SQLite.
+const CHAIN_END_SQL: &str =
+    "SELECT seq, hash FROM audit_events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1";
+
 /// Appends several entries to the tenant's chain in order, with one read of the chain's end
 /// and one insert (bulk writes). Call inside the transaction of the changes.
 pub async fn record_many<'a>(
@@ -155,17 +160,12 @@ pub async fn record_many<'a>(
     if events.peek().is_none() {
         return Ok(lock);
     }
-    let last = db
-        .query_one_raw(crate::db::literal_limit(
-            db.get_database_backend(),
-            &audit_event::Entity::find()
-                .select_only()
-                .columns([audit_event::Column::Seq, audit_event::Column::Hash])
-                .filter(audit_event::Column::TenantId.eq(tenant.as_uuid()))
-                .order_by_desc(audit_event::Column::Seq)
-                .limit(1),
-        ))
-        .await?;
+    let last = crate::db::fixed_one_in(
+        db,
+        CHAIN_END_SQL,
+        &[crate::db::Param::Uuid(tenant.as_uuid())],
+    )
+    .await?;
     let (mut seq, mut prev_hash) = match last {
         Some(row) => (row.try_get_by_index(0)?, row.try_get_by_index(1)?),
         None => (0, GENESIS.to_owned()),

@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult,
+    QueryFilter, QuerySelect,
 };
 
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use crate::entities::{contact, dsr_request, order};
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{CompanyId, ContactId};
 use crate::pagination::{Page, PageRequest};
-use crate::suppression::is_suppressed;
+use crate::suppression::is_digest_suppressed;
 use crate::tenancy::Tenant;
 use crate::values::{EmailAddress, Patch};
 use crate::vault::{DataKey, Vault};
@@ -285,14 +285,18 @@ pub(crate) async fn subject_key(
 }
 
 /// Refuses a suppressed address unless overridden; returns the audit details of an override.
+/// Admits an address being written, given its digest (the e-mail's blind index, computed
+/// once for the check and the row).
 async fn check_suppression(
     db: &impl ConnectionTrait,
     tenant: &Tenant,
-    email: Option<&EmailAddress>,
+    email_index: Option<&str>,
     gate: &SuppressionGate<'_>,
 ) -> DomainResult<Option<serde_json::Value>> {
-    let Some(email) = email else { return Ok(None) };
-    gate.admit(is_suppressed(db, gate.vault.suppression(), tenant, email).await?)
+    let Some(digest) = email_index else {
+        return Ok(None);
+    };
+    gate.admit(is_digest_suppressed(db, tenant.id(), digest.to_owned()).await?)
 }
 
 impl SuppressionGate<'_> {
@@ -437,7 +441,11 @@ async fn create_in(
     let email = input.email.as_ref().map(|e| e.as_str().to_owned());
     identifiable(&input.first_name, &input.last_name, &email)?;
     check_company(txn, tenant, input.company_id).await?;
-    let overridden = check_suppression(txn, tenant, input.email.as_ref(), gate).await?;
+    let index = input
+        .email
+        .as_ref()
+        .map(|e| gate.vault.email_index(tenant.id(), e));
+    let overridden = check_suppression(txn, tenant, index.as_deref(), gate).await?;
     let id = ContactId::new();
     let key = Arc::new(gate.vault.new_data_key(tenant.id(), id.as_uuid()));
     // What the row holds: the values written (timestamps come truncated to what the
@@ -458,7 +466,7 @@ async fn create_in(
         key,
         key_stored: false,
     };
-    contact::Entity::insert(row(gate.vault, tenant, &created))
+    contact::Entity::insert(row_indexed(tenant, &created, index))
         .exec_without_returning(txn)
         .await
         .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
@@ -502,7 +510,7 @@ async fn get_contact_in(
     open_contact(vault, tenant, row)
 }
 
-fn get_contact_params(tenant: &Tenant, id: ContactId) -> [db::Param; 2] {
+fn get_contact_params(tenant: &Tenant, id: ContactId) -> [db::Param<'static>; 2] {
     [
         db::Param::Uuid(tenant.id().as_uuid()),
         db::Param::Uuid(id.as_uuid()),
@@ -526,8 +534,43 @@ fn open_contact(
 /// statement selects in that order.
 struct ByPosition(contact::Model);
 
+/// A contact row decoded by position straight from sqlx's row: sea-orm's decoding formats
+/// an error message for every NULL value before it turns it into `None` (a contact's NULL
+/// columns, per row of a page).
+macro_rules! by_position {
+    ($row:expr) => {{
+        use contact::Column as C;
+        use sea_orm::sqlx::Row as _;
+        let r = $row;
+        let f = db::sqlx_failed;
+        contact::Model {
+            id: r.try_get(C::Id as usize).map_err(f)?,
+            tenant_id: r.try_get(C::TenantId as usize).map_err(f)?,
+            company_id: r.try_get(C::CompanyId as usize).map_err(f)?,
+            first_name: r.try_get(C::FirstName as usize).map_err(f)?,
+            last_name: r.try_get(C::LastName as usize).map_err(f)?,
+            email: r.try_get(C::Email as usize).map_err(f)?,
+            phone: r.try_get(C::Phone as usize).map_err(f)?,
+            job_title: r.try_get(C::JobTitle as usize).map_err(f)?,
+            created_at: r.try_get(C::CreatedAt as usize).map_err(f)?,
+            updated_at: r.try_get(C::UpdatedAt as usize).map_err(f)?,
+            version: r.try_get(C::Version as usize).map_err(f)?,
+            legal_hold: r.try_get(C::LegalHold as usize).map_err(f)?,
+            redacted_at: r.try_get(C::RedactedAt as usize).map_err(f)?,
+            data_key: r.try_get(C::DataKey as usize).map_err(f)?,
+            email_index: r.try_get(C::EmailIndex as usize).map_err(f)?,
+        }
+    }};
+}
+
 impl sea_orm::FromQueryResult for ByPosition {
     fn from_query_result(res: &sea_orm::QueryResult, _pre: &str) -> Result<Self, sea_orm::DbErr> {
+        if let Some(row) = res.try_as_pg_row() {
+            return Ok(ByPosition(by_position!(row)));
+        }
+        if let Some(row) = res.try_as_sqlite_row() {
+            return Ok(ByPosition(by_position!(row)));
+        }
         use contact::Column as C;
         Ok(ByPosition(contact::Model {
             id: res.try_get_by_index(C::Id as usize)?,
@@ -549,6 +592,11 @@ impl sea_orm::FromQueryResult for ByPosition {
     }
 }
 
+/// A contact's columns in the entity's order (what [`ByPosition`] decodes).
+const CONTACT_COLUMNS_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, \
+    email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, \
+    data_key, email_index FROM contacts";
+
 const GET_CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, \
     phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, data_key, \
     email_index FROM contacts WHERE tenant_id = $1 AND id = $2 LIMIT 1";
@@ -569,46 +617,81 @@ pub(crate) async fn contact_exists(
         .is_some())
 }
 
+/// The statement of a page of contacts: the tenant's, after the cursor, with the filters
+/// given, in id order. Written out here rather than with sea-query (a list's statement was
+/// built on every request): fixed text and placeholders only, the values bound. The limit is
+/// bound on PostgreSQL (one prepared statement for any page size) and written into the text
+/// on SQLite, which plans a bound `LIMIT ?` with the value of the time and so prepares such a
+/// statement again at every execution.
+fn list_statement<'a>(
+    backend: DbBackend,
+    tenant: &Tenant,
+    filter: &ContactFilter,
+    email_index: Option<&'a str>,
+    after: Option<uuid::Uuid>,
+    limit: u64,
+) -> (String, Vec<db::Param<'a>>) {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(320);
+    sql.push_str(CONTACT_COLUMNS_SQL);
+    sql.push_str(" WHERE tenant_id = $1");
+    let mut params = vec![db::Param::Uuid(tenant.id().as_uuid())];
+    let mut and = |sql: &mut String, condition: &str, p: db::Param<'a>| {
+        params.push(p);
+        // Writing to a String cannot fail.
+        let _ = write!(sql, " AND {condition} ${}", params.len());
+    };
+    if let Some(after) = after {
+        and(&mut sql, "id >", db::Param::Uuid(after));
+    }
+    if let Some(index) = email_index {
+        and(&mut sql, "email_index =", db::Param::Text(index));
+    }
+    if let Some(company) = filter.company_id {
+        and(&mut sql, "company_id =", db::Param::Uuid(company.as_uuid()));
+    }
+    if let Some(since) = filter.updated_since {
+        and(&mut sql, "updated_at >=", db::Param::Time(since));
+    }
+    sql.push_str(" ORDER BY id ASC LIMIT ");
+    if backend == DbBackend::Sqlite {
+        let _ = write!(sql, "{limit}");
+    } else {
+        params.push(db::Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let _ = write!(sql, "${}", params.len());
+    }
+    (sql, params)
+}
+
 /// A page filtered with `q` examines at most this many contacts; when it stops there, it
 /// holds the matches found so far (maybe none) and a cursor to go on from.
 pub const Q_SCAN_ROWS: u64 = 2_000;
 
 pub async fn list_contacts(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     vault: &Vault,
     tenant: &Tenant,
     filter: ContactFilter,
     page: PageRequest,
 ) -> DomainResult<Page<Contact>> {
-    let select = |after: Option<uuid::Uuid>| {
-        let mut q = contact::Entity::find()
-            .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
-            .order_by_asc(contact::Column::Id);
-        if let Some(after) = after {
-            q = q.filter(contact::Column::Id.gt(after));
-        }
-        if let Some(email) = &filter.email {
-            q = q.filter(contact::Column::EmailIndex.eq(vault.email_index(tenant.id(), email)));
-        }
-        if let Some(company) = filter.company_id {
-            q = q.filter(contact::Column::CompanyId.eq(company.as_uuid()));
-        }
-        if let Some(since) = filter.updated_since {
-            q = q.filter(contact::Column::UpdatedAt.gte(since));
-        }
-        q
+    let email_index = filter
+        .email
+        .as_ref()
+        .map(|e| vault.email_index(tenant.id(), e));
+    let (filter, email_index) = (&filter, email_index.as_deref());
+    let select = move |after: Option<uuid::Uuid>, limit: u64| async move {
+        let backend = db.get_database_backend();
+        let (sql, params) = list_statement(backend, tenant, filter, email_index, after, limit);
+        let rows = db::fixed_all(db, sql, &params).await?;
+        rows.iter()
+            .map(|r| Ok(ByPosition::from_query_result(r, "")?.0))
+            .collect::<DomainResult<Vec<_>>>()
     };
     let Some(text) = filter.q.as_deref() else {
-        let rows = contact::Entity::find()
-            .from_raw_sql(db::literal_limit(
-                db.get_database_backend(),
-                &select(page.after).limit(page.limit + 1),
-            ))
-            .into_model::<ByPosition>()
-            .all(db)
+        let rows = select(page.after, page.limit + 1)
             .await?
             .into_iter()
-            .map(|r| Contact::open(vault, tenant, r.0))
+            .map(|m| Contact::open(vault, tenant, m))
             .collect::<DomainResult<Vec<_>>>()?;
         return Ok(Page::from_rows(rows, page.limit, |c| c.id.as_uuid()));
     };
@@ -623,19 +706,12 @@ pub async fn list_contacts(
     let mut scanned = 0;
     loop {
         let batch = std::cmp::min(Q_SCAN_ROWS - scanned, 500);
-        let rows = contact::Entity::find()
-            .from_raw_sql(db::literal_limit(
-                db.get_database_backend(),
-                &select(after).limit(batch),
-            ))
-            .into_model::<ByPosition>()
-            .all(db)
-            .await?;
+        let rows = select(after, batch).await?;
         let exhausted = (rows.len() as u64) < batch;
-        for r in rows {
+        for m in rows {
             scanned += 1;
-            after = Some(r.0.id);
-            let c = Contact::open(vault, tenant, r.0)?;
+            after = Some(m.id);
+            let c = Contact::open(vault, tenant, m)?;
             if matches(&c.first_name) || matches(&c.last_name) || matches(&c.email) {
                 found.push(c);
                 if found.len() as u64 > page.limit {
@@ -697,14 +773,24 @@ async fn update_in(
         Patch::Value(e) if current.email.as_deref() != Some(e.as_str()) => Some(e.clone()),
         _ => None,
     };
-    let overridden = check_suppression(txn, tenant, new_email.as_ref(), gate).await?;
+    let new_index = new_email
+        .as_ref()
+        .map(|e| gate.vault.email_index(tenant.id(), e));
+    let overridden = check_suppression(txn, tenant, new_index.as_deref(), gate).await?;
     if let Patch::Value(company) = &changes.company_id {
         check_company(txn, tenant, Some(*company)).await?;
     }
     let version = current.version;
     let updated = changes.applied_to(current, now);
     identifiable(&updated.first_name, &updated.last_name, &updated.email)?;
-    let mut set = row(gate.vault, tenant, &updated);
+    // A new address's index is the one just checked; an unchanged one's is computed again.
+    let index = new_index.or_else(|| {
+        updated
+            .email
+            .as_deref()
+            .map(|e| gate.vault.email_index_normalised(tenant.id(), e))
+    });
+    let mut set = row_indexed(tenant, &updated, index);
     set.id = sea_orm::ActiveValue::NotSet;
     set.tenant_id = sea_orm::ActiveValue::NotSet;
     set.created_at = sea_orm::ActiveValue::NotSet;
@@ -969,11 +1055,56 @@ mod position_tests {
             assert_eq!(c as usize, k, "{}", c.as_str());
         }
         let entity: Vec<&str> = contact::Column::iter().map(|c| c.as_str()).collect();
-        let selected = super::GET_CONTACT_SQL
-            .split(" FROM ")
-            .next()
-            .and_then(|s| s.strip_prefix("SELECT "))
-            .map(|s| s.split(", ").map(str::trim).collect::<Vec<_>>());
-        assert_eq!(selected, Some(entity));
+        for sql in [super::GET_CONTACT_SQL, super::CONTACT_COLUMNS_SQL] {
+            let selected = sql
+                .split(" FROM ")
+                .next()
+                .and_then(|s| s.strip_prefix("SELECT "))
+                .map(|s| s.split(", ").map(str::trim).collect::<Vec<_>>());
+            assert_eq!(selected, Some(entity.clone()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_list_statement_binds_every_value_and_numbers_its_placeholders() {
+        use super::*;
+        let tenant = Tenant::scoped(crate::ids::TenantId::from_uuid(uuid::Uuid::nil()));
+        let filter = ContactFilter {
+            company_id: Some(CompanyId::from_uuid(uuid::Uuid::nil())),
+            updated_since: Some(Utc::now()),
+            ..Default::default()
+        };
+        let after = Some(uuid::Uuid::max());
+        let (sql, params) = list_statement(
+            DbBackend::Postgres,
+            &tenant,
+            &filter,
+            Some("idx"),
+            after,
+            51,
+        );
+        assert!(
+            sql.ends_with(
+                " WHERE tenant_id = $1 AND id > $2 AND email_index = $3 AND company_id = $4 \
+             AND updated_at >= $5 ORDER BY id ASC LIMIT $6"
+            ),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 6);
+        assert!(matches!(params[2], db::Param::Text("idx")));
+        assert!(matches!(params[5], db::Param::Int(51)));
+        let (sql, params) = list_statement(
+            DbBackend::Sqlite,
+            &tenant,
+            &ContactFilter::default(),
+            None,
+            None,
+            51,
+        );
+        assert!(
+            sql.ends_with(" WHERE tenant_id = $1 ORDER BY id ASC LIMIT 51"),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 1);
     }
 }

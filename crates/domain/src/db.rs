@@ -12,54 +12,62 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use sea_orm::DatabaseConnection as Db;
 
-/// A query's statement with its `LIMIT` written into the text on SQLite.
-///
-/// SQLite plans a bound `LIMIT ?` with the value bound at the time, so it prepares such a
-/// statement again at every execution (`sqlite3Reprepare` on each step), and sea-orm binds
-/// every limit, `.one()`'s included: a contact's creation re-prepared three statements (~5 %
-/// of the API's CPU per creation in a profile). Use this for statements on hot paths;
-/// elsewhere the cost is a re-prepare per call.
-pub(crate) fn literal_limit(
-    backend: DbBackend,
-    query: &impl sea_orm::QueryTrait,
-) -> sea_orm::Statement {
-    use sea_orm::Value;
-    let mut stmt = query.build(backend);
-    if backend != DbBackend::Sqlite || !stmt.sql.ends_with(" LIMIT ?") {
-        return stmt;
-    }
-    if let Some(values) = stmt.values.as_mut() {
-        let limit = match values.0.last() {
-            Some(Value::BigUnsigned(Some(n))) => Some(*n),
-            Some(Value::Unsigned(Some(n))) => Some(u64::from(*n)),
-            Some(Value::BigInt(Some(n))) => u64::try_from(*n).ok(),
-            _ => None,
-        };
-        if let Some(n) = limit {
-            values.0.pop();
-            stmt.sql.pop();
-            stmt.sql.push_str(&n.to_string());
-        }
-    }
-    stmt
-}
-
-/// A value bound to a [`fixed_one`] statement.
+/// A value bound to a [`fixed_one`] or [`fixed_all`] statement.
 #[derive(Clone, Copy)]
-pub(crate) enum Param {
+pub(crate) enum Param<'a> {
     Uuid(uuid::Uuid),
     Time(chrono::DateTime<chrono::Utc>),
     Bool(bool),
+    Int(i64),
+    Text(&'a str),
 }
 
-impl From<Param> for sea_orm::Value {
-    fn from(p: Param) -> Self {
+impl From<Param<'_>> for sea_orm::Value {
+    fn from(p: Param<'_>) -> Self {
         match p {
             Param::Uuid(u) => u.into(),
             Param::Time(t) => t.into(),
             Param::Bool(b) => b.into(),
+            Param::Int(i) => i.into(),
+            Param::Text(t) => t.into(),
         }
     }
+}
+
+/// A sqlx query with [`Param`]s bound.
+macro_rules! bound {
+    ($query:expr, $params:expr) => {{
+        let mut q = $query;
+        for p in $params {
+            q = match *p {
+                Param::Uuid(u) => q.bind(u),
+                Param::Time(t) => q.bind(t),
+                Param::Bool(b) => q.bind(b),
+                Param::Int(i) => q.bind(i),
+                Param::Text(t) => q.bind(t),
+            };
+        }
+        q
+    }};
+}
+
+/// Runs `$run!(database, pool)` on the connection's sqlx pool.
+macro_rules! on_pool {
+    ($db:expr, $run:ident) => {{
+        use sea_orm::DatabaseConnectionType as Kind;
+        match &$db.inner {
+            Kind::SqlxPostgresPoolConnection(_) => {
+                $run!(sea_orm::sqlx::Postgres, $db.get_postgres_connection_pool())
+            }
+            Kind::SqlxSqlitePoolConnection(_) => {
+                $run!(sea_orm::sqlx::Sqlite, $db.get_sqlite_connection_pool())
+            }
+            // Only the two sqlx pools are built in; `Disconnected` is what is left.
+            _ => Err(DbErr::Conn(sea_orm::RuntimeErr::Internal(
+                "fixed statements need a PostgreSQL or SQLite pool".into(),
+            ))),
+        }
+    }};
 }
 
 /// At most one row of a fixed statement, run on sqlx's pool under sea-orm.
@@ -73,46 +81,52 @@ impl From<Param> for sea_orm::Value {
 pub(crate) async fn fixed_one(
     db: &DatabaseConnection,
     sql: &'static str,
-    params: &[Param],
+    params: &[Param<'_>],
 ) -> Result<Option<sea_orm::QueryResult>, DbErr> {
-    use sea_orm::DatabaseConnectionType as Kind;
     use sea_orm::sqlx;
-    fn failed(e: sqlx::Error) -> DbErr {
-        DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
-    }
     macro_rules! run {
-        ($db:ty, $pool:expr) => {{
-            let mut q = sqlx::query::<$db>(sql);
-            for p in params {
-                q = match *p {
-                    Param::Uuid(u) => q.bind(u),
-                    Param::Time(t) => q.bind(t),
-                    Param::Bool(b) => q.bind(b),
-                };
-            }
-            q.fetch_optional($pool)
+        ($db:ty, $pool:expr) => {
+            bound!(sqlx::query::<$db>(sql), params)
+                .fetch_optional($pool)
                 .await
                 .map(|row| row.map(sea_orm::QueryResult::from))
-                .map_err(failed)
-        }};
+                .map_err(sqlx_failed)
+        };
     }
-    match &db.inner {
-        Kind::SqlxPostgresPoolConnection(_) => {
-            run!(sqlx::Postgres, db.get_postgres_connection_pool())
-        }
-        Kind::SqlxSqlitePoolConnection(_) => run!(sqlx::Sqlite, db.get_sqlite_connection_pool()),
-        // Only the two sqlx pools are built in; `Disconnected` is what is left.
-        _ => Err(DbErr::Conn(sea_orm::RuntimeErr::Internal(
-            "fixed statements need a PostgreSQL or SQLite pool".into(),
-        ))),
+    on_pool!(db, run)
+}
+
+/// The rows of a statement built at run time from fixed parts (a list's filters), run on
+/// sqlx's pool as [`fixed_one`]: sea-orm's path costs a boxed future and a copy of every row.
+/// `sql` must come from fixed text and placeholders, never from input.
+pub(crate) async fn fixed_all(
+    db: &DatabaseConnection,
+    sql: String,
+    params: &[Param<'_>],
+) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    use sea_orm::sqlx;
+    macro_rules! run {
+        ($db:ty, $pool:expr) => {
+            bound!(sqlx::query::<$db>(sqlx::AssertSqlSafe(sql)), params)
+                .fetch_all($pool)
+                .await
+                .map(|rows| rows.into_iter().map(sea_orm::QueryResult::from).collect())
+                .map_err(sqlx_failed)
+        };
     }
+    on_pool!(db, run)
+}
+
+/// A sqlx error as sea-orm reports it.
+pub(crate) fn sqlx_failed(e: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
 }
 
 /// [`fixed_one`] on any connection (inside a transaction), through sea-orm.
 pub(crate) async fn fixed_one_in(
     conn: &impl ConnectionTrait,
     sql: &'static str,
-    params: &[Param],
+    params: &[Param<'_>],
 ) -> Result<Option<sea_orm::QueryResult>, DbErr> {
     let values = params.iter().map(|p| sea_orm::Value::from(*p));
     let stmt = sea_orm::Statement::from_sql_and_values(conn.get_database_backend(), sql, values);
@@ -609,7 +623,7 @@ fn column_arrays<A: ActiveModelTrait>(
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait};
+    use sea_orm::{EntityTrait, QueryFilter, QueryTrait};
 
     use super::*;
     use crate::entities::contact;
@@ -711,28 +725,6 @@ mod tests {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
         Ok(())
-    }
-
-    #[test]
-    fn sqlite_limits_are_written_into_the_statement() {
-        let query = contact::Entity::find()
-            .filter(contact::Column::Version.eq(3))
-            .limit(51);
-        let sqlite = literal_limit(DbBackend::Sqlite, &query);
-        assert!(sqlite.sql.ends_with(" LIMIT 51"), "{}", sqlite.sql);
-        // Only the filter's value is left to bind.
-        assert_eq!(sqlite.values.map(|v| v.0.len()), Some(1));
-        // PostgreSQL plans bound limits once: unchanged.
-        let pg = literal_limit(DbBackend::Postgres, &query);
-        assert_eq!(pg.sql, query.build(DbBackend::Postgres).sql);
-        assert!(pg.sql.ends_with(" LIMIT $2"), "{}", pg.sql);
-        assert_eq!(pg.values.map(|v| v.0.len()), Some(2));
-        // Without a limit nothing changes.
-        let plain = contact::Entity::find().filter(contact::Column::Version.eq(3));
-        assert_eq!(
-            literal_limit(DbBackend::Sqlite, &plain).sql,
-            plain.build(DbBackend::Sqlite).sql
-        );
     }
 
     #[test]

@@ -72,6 +72,13 @@ pub async fn emit_many(
     emit_locked(db, &lock, events, now).await
 }
 
+/// The tenant's last event number, and its active webhook endpoints: fixed statements, as
+/// every write runs them (building them with sea-query cost more than running them on SQLite).
+const LAST_SEQ_SQL: &str = "SELECT seq FROM events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1";
+const ACTIVE_ENDPOINTS_SQL: &str = "SELECT id, tenant_id, url, event_types, description, \
+    secret_enc, active, created_at, updated_at FROM webhook_endpoints \
+    WHERE tenant_id = $1 AND active = $2";
+
 /// [`emit_many`] in a transaction that holds the tenant's chain lock already (it has just
 /// written the changes' audit entries).
 pub(crate) async fn emit_locked(
@@ -84,24 +91,20 @@ pub(crate) async fn emit_locked(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let last = db
-        .query_one_raw(db::literal_limit(
-            db.get_database_backend(),
-            &event::Entity::find()
-                .select_only()
-                .column(event::Column::Seq)
-                .filter(event::Column::TenantId.eq(tenant_id.as_uuid()))
-                .order_by_desc(event::Column::Seq)
-                .limit(1),
-        ))
-        .await?;
+    let last = db::fixed_one_in(db, LAST_SEQ_SQL, &[db::Param::Uuid(tenant_id.as_uuid())]).await?;
     let mut seq: i64 = match last {
         Some(row) => row.try_get_by_index(0)?,
         None => 0,
     };
     let endpoints = webhook_endpoint::Entity::find()
-        .filter(webhook_endpoint::Column::TenantId.eq(tenant_id.as_uuid()))
-        .filter(webhook_endpoint::Column::Active.eq(true))
+        .from_raw_sql(sea_orm::Statement::from_sql_and_values(
+            db.get_database_backend(),
+            ACTIVE_ENDPOINTS_SQL,
+            [
+                db::Param::Uuid(tenant_id.as_uuid()).into(),
+                db::Param::Bool(true).into(),
+            ],
+        ))
         .all(db)
         .await?;
     let mut ids = Vec::with_capacity(events.len());

@@ -475,7 +475,7 @@ fn session_check_params(
     tenant_id: TenantId,
     session_id: SessionId,
     now: DateTime<Utc>,
-) -> [db::Param; 5] {
+) -> [db::Param<'static>; 5] {
     use db::Param;
     [
         Param::Uuid(tenant_id.as_uuid()),
