@@ -110,7 +110,9 @@ impl RateLimiter {
         let seed = if known {
             None
         } else {
-            match crm_domain::rate_limits::add(db, &key, start, 0).await {
+            // Boxed: a database call's future is large, and this one is rare; inline, it made
+            // every request's future (moved into a box per request) that much larger.
+            match Box::pin(crm_domain::rate_limits::add(db, &key, start, 0)).await {
                 Ok(n) => Some(n),
                 Err(e) => {
                     log::warn!("reading a shared rate-limit count failed: {e}");
@@ -410,7 +412,7 @@ fn problem(status: StatusCode, code: &str, detail: &str) -> actix_web::HttpRespo
 
 /// Makes POSTs with an `Idempotency-Key` safe to retry.
 async fn idempotency<B: MessageBody + 'static>(
-    mut req: ServiceRequest,
+    req: ServiceRequest,
     next: Next<B>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let srv = Forward(next);
@@ -435,6 +437,19 @@ async fn idempotency<B: MessageBody + 'static>(
         );
         return Ok(req.into_response(res));
     };
+    // Boxed: the keyed path's database calls would make every request's future larger (it is
+    // moved into a box per request, a copy of all of it).
+    Box::pin(keyed(req, srv, state, subject, key)).await
+}
+
+/// [`idempotency`] for a POST with a valid key and a verified caller.
+async fn keyed<B: MessageBody + 'static>(
+    mut req: ServiceRequest,
+    srv: Forward<B>,
+    state: web::Data<AppState>,
+    subject: TokenSubject,
+    key: String,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     // Read the body to fingerprint it, then hand it on.
     let mut payload = req.take_payload();
     let mut body = web::BytesMut::new();
