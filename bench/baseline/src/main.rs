@@ -480,6 +480,7 @@ fn env(name: &str) -> String {
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let url = env("BASELINE_DATABASE_URL");
+    let workers: usize = env("BASELINE_WORKERS").parse().unwrap_or(2);
     let pool = if url.starts_with("sqlite:") {
         Pool::Sqlite(
             // The API's connection settings (crm_domain::db::connect).
@@ -501,7 +502,7 @@ async fn main() -> std::io::Result<()> {
         )
     } else {
         Pool::Pg(
-            pg_pool_options(crm_domain::db::PG_MAX_CONNECTIONS)
+            pg_pool_options(crm_domain::db::PG_WORKER_CONNECTIONS * workers as u32)
                 .connect(&url)
                 .await
                 .map_err(std::io::Error::other)?,
@@ -512,7 +513,6 @@ async fn main() -> std::io::Result<()> {
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_issuer(&[env("BASELINE_ISSUER")]);
     validation.set_audience(&[env("BASELINE_AUDIENCE")]);
-    let workers: usize = env("BASELINE_WORKERS").parse().unwrap_or(2);
     let shared_pool = std::env::var("BASELINE_SHARED_POOL").is_ok_and(|v| v == "1");
     let state = State {
         pool,
@@ -535,7 +535,7 @@ async fn main() -> std::io::Result<()> {
         // Each worker's own PostgreSQL pool, as the API's (crm_domain::db::worker_pool).
         let mut worker = state.clone();
         if let Some(options) = &own_pools {
-            let size = crm_domain::db::worker_pool_size(workers);
+            let size = crm_domain::db::PG_WORKER_CONNECTIONS;
             worker.pool = Pool::Pg(pg_pool_options(size).connect_lazy_with(options.clone()));
         }
         App::new()

@@ -730,11 +730,7 @@ impl Application {
         let server = HttpServer::new(move || {
             // Runs on each worker thread: the worker's own state, with its own pool.
             let worker_state = web::Data::new(AppState {
-                db: crm_domain::db::worker_pool(
-                    &state.db,
-                    &state.settings.database_url,
-                    workers,
-                ),
+                db: crm_domain::db::worker_pool(&state.db, &state.settings.database_url),
                 ..AppState::clone(&state)
             });
             App::new()
