@@ -285,8 +285,7 @@ pub(crate) async fn subject_key(
 }
 
 /// Refuses a suppressed address unless overridden; returns the audit details of an override.
-/// Admits an address being written, given its digest (the e-mail's blind index, computed
-/// once for the check and the row).
+/// Takes the address's digest (its blind index, computed once for the check and the row).
 async fn check_suppression(
     db: &impl ConnectionTrait,
     tenant: &Tenant,
@@ -296,7 +295,7 @@ async fn check_suppression(
     let Some(digest) = email_index else {
         return Ok(None);
     };
-    gate.admit(is_digest_suppressed(db, tenant.id(), digest.to_owned()).await?)
+    gate.admit(is_digest_suppressed(db, tenant.id(), digest).await?)
 }
 
 impl SuppressionGate<'_> {
@@ -592,14 +591,22 @@ impl sea_orm::FromQueryResult for ByPosition {
     }
 }
 
-/// A contact's columns in the entity's order (what [`ByPosition`] decodes).
-const CONTACT_COLUMNS_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, \
-    email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, \
-    data_key, email_index FROM contacts";
+/// A contact's columns in the entity's order (what [`ByPosition`] decodes), as a literal for
+/// `concat!`.
+macro_rules! select_contacts {
+    () => {
+        "SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, \
+         created_at, updated_at, version, legal_hold, redacted_at, data_key, email_index \
+         FROM contacts"
+    };
+}
 
-const GET_CONTACT_SQL: &str = "SELECT id, tenant_id, company_id, first_name, last_name, email, \
-    phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, data_key, \
-    email_index FROM contacts WHERE tenant_id = $1 AND id = $2 LIMIT 1";
+const CONTACT_COLUMNS_SQL: &str = select_contacts!();
+
+const GET_CONTACT_SQL: &str = concat!(
+    select_contacts!(),
+    " WHERE tenant_id = $1 AND id = $2 LIMIT 1"
+);
 
 pub(crate) async fn contact_exists(
     db: &impl ConnectionTrait,

@@ -78,7 +78,7 @@ pub async fn is_suppressed(
     tenant: &Tenant,
     email: &EmailAddress,
 ) -> DomainResult<bool> {
-    is_digest_suppressed(db, tenant.id(), secret.digest(tenant.id(), email)).await
+    is_digest_suppressed(db, tenant.id(), &secret.digest(tenant.id(), email)).await
 }
 
 /// Whether the address with this digest ([`SuppressionSecret::digest`], also the e-mail's
@@ -87,16 +87,13 @@ pub async fn is_suppressed(
 pub(crate) async fn is_digest_suppressed(
     db: &impl ConnectionTrait,
     tenant: TenantId,
-    digest: String,
+    digest: &str,
 ) -> DomainResult<bool> {
+    use crate::db::{Param, fixed_one_in};
     const SQL: &str =
         "SELECT tenant_id FROM suppressions WHERE tenant_id = $1 AND email_hmac = $2 LIMIT 1";
-    let stmt = sea_orm::Statement::from_sql_and_values(
-        db.get_database_backend(),
-        SQL,
-        [tenant.as_uuid().into(), digest.into()],
-    );
-    Ok(db.query_one_raw(stmt).await?.is_some())
+    let params = [Param::Uuid(tenant.as_uuid()), Param::Text(digest)];
+    Ok(fixed_one_in(db, SQL, &params).await?.is_some())
 }
 
 pub(crate) async fn suppress(
