@@ -423,8 +423,11 @@ pub async fn create_contact(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
+    // Sealing, the blind index and the event's payload need no database: done before the
+    // transaction, which on SQLite holds the one writer turn while it lasts.
+    let new = NewRow::prepare(tenant, input, gate, now)?;
     let txn = db::begin_write(db).await?;
-    let created = create_in(&txn, tenant, input, gate, actor, now).await?;
+    let created = new.insert(&txn, tenant, gate, actor, now).await?;
     txn.commit().await?;
     Ok(created)
 }
@@ -437,54 +440,100 @@ async fn create_in(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
-    let email = input.email.as_ref().map(|e| e.as_str().to_owned());
-    identifiable(&input.first_name, &input.last_name, &email)?;
-    check_company(txn, tenant, input.company_id).await?;
-    let index = input
-        .email
-        .as_ref()
-        .map(|e| gate.vault.email_index(tenant.id(), e));
-    let overridden = check_suppression(txn, tenant, index.as_deref(), gate).await?;
-    let id = ContactId::new();
-    let key = Arc::new(gate.vault.new_data_key(tenant.id(), id.as_uuid()));
-    // What the row holds: the values written (timestamps come truncated to what the
-    // databases store).
-    let created = Contact {
-        id,
-        company_id: input.company_id,
-        first_name: input.first_name,
-        last_name: input.last_name,
-        email,
-        phone: input.phone,
-        job_title: input.job_title,
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        legal_hold: false,
-        redacted_at: None,
-        key,
-        key_stored: false,
-    };
-    contact::Entity::insert(row_indexed(tenant, &created, index))
-        .exec_without_returning(txn)
+    NewRow::prepare(tenant, input, gate, now)?
+        .insert(txn, tenant, gate, actor, now)
         .await
-        .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
-    let lock = audit::record(
-        txn,
-        tenant.id(),
-        actor,
-        Event {
-            action: "contact.created",
-            object_type: "contact",
-            object_id: Some(id.as_uuid()),
-            details: overridden,
-        },
-        now,
-    )
-    .await?;
-    let event = contact_event("contact.created", &created);
-    crate::events::emit_locked(txn, &lock, vec![event], now).await?;
-    Ok(created)
+}
+
+/// A new contact ready to be written: its row sealed with a new data key, its blind index
+/// and its event.
+struct NewRow {
+    contact: Contact,
+    row: contact::ActiveModel,
+    /// The blind index of its address (also the suppression digest).
+    index: Option<String>,
+    event: crate::events::NewEvent,
+}
+
+impl NewRow {
+    fn prepare(
+        tenant: &Tenant,
+        input: NewContact,
+        gate: &SuppressionGate<'_>,
+        now: DateTime<Utc>,
+    ) -> DomainResult<Self> {
+        let email = input.email.as_ref().map(|e| e.as_str().to_owned());
+        identifiable(&input.first_name, &input.last_name, &email)?;
+        let index = input
+            .email
+            .as_ref()
+            .map(|e| gate.vault.email_index(tenant.id(), e));
+        let id = ContactId::new();
+        let key = Arc::new(gate.vault.new_data_key(tenant.id(), id.as_uuid()));
+        // What the row holds: the values written (timestamps come truncated to what the
+        // databases store).
+        let contact = Contact {
+            id,
+            company_id: input.company_id,
+            first_name: input.first_name,
+            last_name: input.last_name,
+            email,
+            phone: input.phone,
+            job_title: input.job_title,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            legal_hold: false,
+            redacted_at: None,
+            key,
+            key_stored: false,
+        };
+        Ok(NewRow {
+            row: row_indexed(tenant, &contact, index.clone()),
+            event: contact_event("contact.created", &contact),
+            contact,
+            index,
+        })
+    }
+
+    /// Checks its company and the suppression list, then writes it, its audit entry and its
+    /// event.
+    async fn insert(
+        self,
+        txn: &impl ConnectionTrait,
+        tenant: &Tenant,
+        gate: &SuppressionGate<'_>,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> DomainResult<Contact> {
+        let NewRow {
+            contact,
+            row,
+            index,
+            event,
+        } = self;
+        check_company(txn, tenant, contact.company_id).await?;
+        let overridden = check_suppression(txn, tenant, index.as_deref(), gate).await?;
+        contact::Entity::insert(row)
+            .exec_without_returning(txn)
+            .await
+            .map_err(|e| conflict_on_unique(e, "email_taken", EMAIL_TAKEN))?;
+        let lock = audit::record(
+            txn,
+            tenant.id(),
+            actor,
+            Event {
+                action: "contact.created",
+                object_type: "contact",
+                object_id: Some(contact.id.as_uuid()),
+                details: overridden,
+            },
+            now,
+        )
+        .await?;
+        crate::events::emit_locked(txn, &lock, vec![event], now).await?;
+        Ok(contact)
+    }
 }
 
 pub async fn get_contact(
