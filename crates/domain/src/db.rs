@@ -268,8 +268,8 @@ struct SqliteWriter {
     /// settings, on first use). In WAL mode a connection drops its whole page cache when
     /// another connection has committed since its last read, so with writes spread over the
     /// pool's connections most transactions began by reading the b-tree pages they touch from
-    /// the file again (~50 page reads per contact created, against ~13 with one connection
-    /// writing). `None` for a pool not opened by [`connect`]: its writes run on the pool.
+    /// the file again (~56 page reads per contact created; ~15 with one connection writing).
+    /// `None` for a pool not opened by [`connect`]: its writes run on the pool.
     connection: Option<DatabaseConnection>,
 }
 
@@ -283,8 +283,9 @@ impl SqliteWriter {
 }
 
 /// Gives the database file of `db` (a SQLite pool of more than one connection) its writer
-/// connection: a pool of one with the same settings, opened on first use and kept open (no idle
-/// timeout: its page cache is the point). A later pool on the same file replaces it.
+/// connection: a pool of one with the same settings, opened on first use and kept open for the
+/// life of the process (no idle timeout: its page cache is the point). A later pool on the
+/// same file replaces it.
 fn register_sqlite_writer(db: &DatabaseConnection) {
     use sea_orm::sqlx::sqlite::SqlitePoolOptions;
     let options = db.get_sqlite_connection_pool().connect_options();
@@ -448,9 +449,10 @@ impl ConnectionTrait for WriteTxn {
 }
 
 /// Starts a transaction that will write. On SQLite it first waits for this process's writer
-/// turn ([`write_turn`]), then takes the write lock at `BEGIN` (`BEGIN IMMEDIATE`) on the file's
-/// writer connection ([`SqliteWriter`]), so a transaction that reads first never fails to
-/// upgrade its lock when another writer got there in between. Never start one while holding another: the second would wait for the first.
+/// turn ([`write_turn`]), then takes the write lock at `BEGIN` (`BEGIN IMMEDIATE`) on the
+/// file's writer connection ([`SqliteWriter`]), so a transaction that reads first never fails
+/// to upgrade its lock when another writer got there in between. Never start one while holding
+/// another: the second would wait for the first.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTxn, DbErr> {
     let (turn, writer) = match sqlite_writer(db) {
         Some((turn, writer)) => (Some(take_turn(turn).await?), writer),
