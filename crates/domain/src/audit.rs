@@ -155,9 +155,36 @@ pub async fn record_many<'a>(
     events: impl IntoIterator<Item = Event<'a>>,
     now: DateTime<Utc>,
 ) -> DomainResult<ChainLock> {
+    // Collected: a `Map` over a closure held across the `await` would keep the futures of
+    // callers from being `Send` for every lifetime (`tokio::spawn` of grouped writes).
+    let entries: Vec<Entry<'_>> = events
+        .into_iter()
+        .map(|event| Entry {
+            actor,
+            event,
+            at: now,
+        })
+        .collect();
+    record_each(db, tenant, entries).await
+}
+
+/// One entry of [`record_each`]: what was done, by whom and when.
+pub(crate) struct Entry<'a> {
+    pub actor: &'a Actor,
+    pub event: Event<'a>,
+    pub at: DateTime<Utc>,
+}
+
+/// [`record_many`] for entries of several requests (grouped writes): each has its own actor
+/// and time.
+pub(crate) async fn record_each<'a>(
+    db: &impl ConnectionTrait,
+    tenant: TenantId,
+    entries: impl IntoIterator<Item = Entry<'a>>,
+) -> DomainResult<ChainLock> {
     let lock = lock_chain(db, tenant).await?;
-    let mut events = events.into_iter().peekable();
-    if events.peek().is_none() {
+    let mut entries = entries.into_iter().peekable();
+    if entries.peek().is_none() {
         return Ok(lock);
     }
     let last = crate::db::fixed_one_in(
@@ -171,13 +198,13 @@ pub async fn record_many<'a>(
         None => (0, GENESIS.to_owned()),
     };
     let mut rows = Vec::new();
-    for event in events {
+    for Entry { actor, event, at } in entries {
         seq += 1;
         let mut model = audit_event::Model {
             id: Uuid::now_v7(),
             tenant_id: tenant.as_uuid(),
             seq,
-            occurred_at: now,
+            occurred_at: at,
             actor_id: actor.actor_id,
             actor_kind: actor.kind.to_owned(),
             action: event.action.to_owned(),

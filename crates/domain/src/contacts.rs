@@ -24,6 +24,7 @@ use crate::vault::{DataKey, Vault};
 use crate::{check_version, conflict_on_unique, db};
 
 mod bulk;
+mod grouped;
 
 #[derive(Clone, Debug)]
 pub struct Contact {
@@ -292,30 +293,50 @@ async fn check_suppression(
     email_index: Option<&str>,
     gate: &SuppressionGate<'_>,
 ) -> DomainResult<Option<serde_json::Value>> {
+    check_suppressed(db, tenant, email_index, gate.override_reason.as_deref()).await
+}
+
+/// [`check_suppression`] with the override reason alone (grouped creations hold no vault).
+async fn check_suppressed(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    email_index: Option<&str>,
+    override_reason: Option<&str>,
+) -> DomainResult<Option<serde_json::Value>> {
     let Some(digest) = email_index else {
         return Ok(None);
     };
-    gate.admit(is_digest_suppressed(db, tenant.id(), digest).await?)
+    admit(
+        is_digest_suppressed(db, tenant.id(), digest).await?,
+        override_reason,
+    )
 }
 
 impl SuppressionGate<'_> {
-    /// Lets an address through unless it is suppressed and not overridden; answers the audit
-    /// details of an override.
     fn admit(&self, suppressed: bool) -> DomainResult<Option<serde_json::Value>> {
-        if !suppressed {
-            return Ok(None);
-        }
-        match &self.override_reason {
-            Some(reason) => Ok(Some(
-                serde_json::json!({"suppression_overridden": true, "reason": reason}),
-            )),
-            None => Err(DomainError::Conflict {
-                code: "email_suppressed",
-                detail: "this address belongs to an erased person and is suppressed; \
-                         send suppression_override_reason to record why it may be stored again"
-                    .into(),
-            }),
-        }
+        admit(suppressed, self.override_reason.as_deref())
+    }
+}
+
+/// Lets an address through unless it is suppressed and not overridden; answers the audit
+/// details of an override.
+fn admit(
+    suppressed: bool,
+    override_reason: Option<&str>,
+) -> DomainResult<Option<serde_json::Value>> {
+    if !suppressed {
+        return Ok(None);
+    }
+    match override_reason {
+        Some(reason) => Ok(Some(
+            serde_json::json!({"suppression_overridden": true, "reason": reason}),
+        )),
+        None => Err(DomainError::Conflict {
+            code: "email_suppressed",
+            detail: "this address belongs to an erased person and is suppressed; \
+                     send suppression_override_reason to record why it may be stored again"
+                .into(),
+        }),
     }
 }
 
@@ -415,6 +436,9 @@ fn contact_event(event_type: &'static str, c: &Contact) -> crate::events::NewEve
     }
 }
 
+/// Creates a contact in a transaction with its audit entry and event. On SQLite, creations
+/// that arrive while another is being written are written together in the next transaction,
+/// each with its own checks and answer (see `contacts::grouped`).
 pub async fn create_contact(
     db: &DatabaseConnection,
     tenant: &Tenant,
@@ -425,11 +449,17 @@ pub async fn create_contact(
 ) -> DomainResult<Contact> {
     // Sealing, the blind index and the event's payload need no database: done before the
     // transaction, which on SQLite holds the one writer turn while it lasts.
-    let new = NewRow::prepare(tenant, input, gate, now)?;
-    let txn = db::begin_write(db).await?;
-    let created = new.insert(&txn, tenant, gate, actor, now).await?;
-    txn.commit().await?;
-    Ok(created)
+    let pending = grouped::Pending {
+        tenant: *tenant,
+        row: NewRow::prepare(tenant, input, gate, now)?,
+        override_reason: gate.override_reason.clone(),
+        actor: actor.clone(),
+        now,
+    };
+    match grouped::create(db, pending).await {
+        Ok(created) => created,
+        Err(pending) => pending.create_alone(db).await,
+    }
 }
 
 async fn create_in(
@@ -441,12 +471,13 @@ async fn create_in(
     now: DateTime<Utc>,
 ) -> DomainResult<Contact> {
     NewRow::prepare(tenant, input, gate, now)?
-        .insert(txn, tenant, gate, actor, now)
+        .insert(txn, tenant, gate.override_reason.as_deref(), actor, now)
         .await
 }
 
 /// A new contact ready to be written: its row sealed with a new data key, its blind index
 /// and its event.
+#[derive(Clone)]
 struct NewRow {
     contact: Contact,
     row: contact::ActiveModel,
@@ -502,7 +533,7 @@ impl NewRow {
         self,
         txn: &impl ConnectionTrait,
         tenant: &Tenant,
-        gate: &SuppressionGate<'_>,
+        override_reason: Option<&str>,
         actor: &Actor,
         now: DateTime<Utc>,
     ) -> DomainResult<Contact> {
@@ -513,7 +544,7 @@ impl NewRow {
             event,
         } = self;
         check_company(txn, tenant, contact.company_id).await?;
-        let overridden = check_suppression(txn, tenant, index.as_deref(), gate).await?;
+        let overridden = check_suppressed(txn, tenant, index.as_deref(), override_reason).await?;
         contact::Entity::insert(row)
             .exec_without_returning(txn)
             .await

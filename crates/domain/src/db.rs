@@ -330,6 +330,27 @@ fn sqlite_writer(
     Some((writer.turn.clone(), writer.connection.clone()))
 }
 
+/// Calls `f` with the database file of `db` when its write transactions run on a writer
+/// connection of their own (a SQLite pool of several connections opened by [`connect`]):
+/// writes to that file can be grouped into one transaction. `None` otherwise (PostgreSQL, an
+/// in-memory database).
+pub(crate) fn with_sqlite_writer_file<R>(
+    db: &DatabaseConnection,
+    f: impl FnOnce(&std::path::Path) -> R,
+) -> Option<R> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let file = options.get_filename();
+    let registered = SQLITE_WRITERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(file)
+        .is_some_and(|w| w.connection.is_some());
+    registered.then(|| f(file))
+}
+
 /// This process's writer turn on a SQLite database (`None` on PostgreSQL), held until dropped.
 /// [`begin_write`] takes it; a write outside a transaction (one statement in autocommit) on a
 /// request path takes it too, or queued writers handing the lock on back to back would leave

@@ -38,6 +38,7 @@ pub const EVENT_TYPES: &[&str] = &[
 ];
 
 /// One event to write.
+#[derive(Clone)]
 pub struct NewEvent {
     pub event_type: &'static str,
     pub object_type: &'static str,
@@ -87,6 +88,16 @@ pub(crate) async fn emit_locked(
     events: Vec<NewEvent>,
     now: DateTime<Utc>,
 ) -> DomainResult<Vec<Uuid>> {
+    let events = events.into_iter().map(|e| (e, now)).collect();
+    emit_locked_each(db, lock, events).await
+}
+
+/// [`emit_locked`] for events of several requests (grouped writes), each with its own time.
+pub(crate) async fn emit_locked_each(
+    db: &impl ConnectionTrait,
+    lock: &audit::ChainLock,
+    events: Vec<(NewEvent, DateTime<Utc>)>,
+) -> DomainResult<Vec<Uuid>> {
     let tenant_id = lock.tenant;
     if events.is_empty() {
         return Ok(Vec::new());
@@ -110,7 +121,7 @@ pub(crate) async fn emit_locked(
     let mut ids = Vec::with_capacity(events.len());
     let mut rows = Vec::new();
     let mut deliveries = Vec::new();
-    for e in events {
+    for (e, now) in events {
         seq += 1;
         let id = Uuid::now_v7();
         ids.push(id);

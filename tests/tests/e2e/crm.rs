@@ -790,3 +790,216 @@ both!(search_goes_on_past_the_scan_limit_with_a_cursor, |app| {
     );
     assert!(page["next_cursor"].is_string());
 });
+
+// Creations that arrive together (on SQLite, written in shared transactions): each gets its
+// own answer, with the checks of a creation made alone, and what was answered is what is
+// stored, audited and in the change feed. Another tenant's company is unknown here.
+both!(concurrent_creations_each_get_their_own_answer, |app| {
+    let a = app.new_tenant().await;
+    // Erasure (which suppresses the address) needs a recent WebAuthn step-up.
+    let a = app.stepped_up(&a).await;
+    let b = app.new_tenant().await;
+    let company_a = app
+        .create("/v1/companies", &a.access, json!({"name": "A Ltd"}))
+        .await;
+    let company_b = app
+        .create("/v1/companies", &b.access, json!({"name": "B Ltd"}))
+        .await;
+    let gone = app
+        .create(
+            "/v1/contacts",
+            &a.access,
+            json!({"email": "gone@example.org"}),
+        )
+        .await;
+    let erase = format!("/v1/contacts/{}/erase", gone["id"].as_str().unwrap());
+    assert_eq!(
+        app.post(&erase, &a.access, &json!({})).await.status(),
+        StatusCode::OK
+    );
+    app.create(
+        "/v1/contacts",
+        &a.access,
+        json!({"email": "held@example.org"}),
+    )
+    .await;
+    let feed_start: Value = app
+        .get("/v1/changes?since=0&limit=1000", &a.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let since = feed_start["data"]
+        .as_array()
+        .unwrap()
+        .last()
+        .map_or(0, |e| e["seq"].as_i64().unwrap());
+
+    // (token, body, expected status, expected problem code)
+    let mut calls: Vec<(&str, Value, u16, &str)> = Vec::new();
+    for k in 0..24 {
+        calls.push((
+            &a.access,
+            json!({"email": format!("p{k}@example.org"), "company_id": company_a["id"]}),
+            201,
+            "",
+        ));
+    }
+    // The same addresses are free in another tenant.
+    for k in 0..12 {
+        calls.push((
+            &b.access,
+            json!({"email": format!("p{k}@example.org")}),
+            201,
+            "",
+        ));
+    }
+    calls.push((
+        &a.access,
+        json!({"email": "held@example.org"}),
+        409,
+        "email_taken",
+    ));
+    calls.push((
+        &a.access,
+        json!({"email": "gone@example.org"}),
+        409,
+        "email_suppressed",
+    ));
+    calls.push((
+        &a.access,
+        json!({"email": "GONE@example.org", "suppression_override_reason": "consent_renewed"}),
+        201,
+        "",
+    ));
+    calls.push((
+        &a.access,
+        json!({"first_name": "Zed", "company_id": company_b["id"]}),
+        422,
+        "unknown_company",
+    ));
+    // Two creations of one address: one is created, the other finds it taken.
+    for _ in 0..2 {
+        calls.push((&a.access, json!({"email": "twice@example.org"}), 0, "twice"));
+    }
+    let responses = futures_util::future::join_all(
+        calls
+            .iter()
+            .map(|(token, body, _, _)| app.post("/v1/contacts", token, body)),
+    )
+    .await;
+    let mut created_a = Vec::new();
+    let mut created_b = Vec::new();
+    let mut twice = Vec::new();
+    for ((token, body, status, code), resp) in calls.iter().zip(responses) {
+        let got = resp.status().as_u16();
+        let json: Value = resp.json().await.unwrap();
+        if *code == "twice" {
+            twice.push((got, json["code"].as_str().unwrap_or("").to_owned()));
+            if got == 201 {
+                created_a.push(json);
+            }
+            continue;
+        }
+        assert_eq!(got, *status, "{body}: {json}");
+        if *status == 201 {
+            let email = body["email"].as_str().unwrap().to_lowercase();
+            assert_eq!(
+                json["email"],
+                email.as_str(),
+                "each request gets its own contact"
+            );
+            if *token == a.access {
+                created_a.push(json);
+            } else {
+                created_b.push(json);
+            }
+        } else if *code == "unknown_company" {
+            let errors = json["errors"].as_array().unwrap();
+            assert!(
+                errors.iter().any(|e| e["code"] == "unknown_company"),
+                "{json}"
+            );
+        } else {
+            assert_eq!(json["code"], *code, "{body}: {json}");
+        }
+    }
+    twice.sort();
+    assert_eq!(
+        twice,
+        [(201, String::new()), (409, "email_taken".to_owned())]
+    );
+    assert_eq!((created_a.len(), created_b.len()), (26, 12));
+
+    // Stored as answered, and each tenant sees only its own.
+    for (mine, theirs, contacts) in [
+        (&a.access, &b.access, &created_a),
+        (&b.access, &a.access, &created_b),
+    ] {
+        for c in contacts.iter() {
+            let path = format!("/v1/contacts/{}", c["id"].as_str().unwrap());
+            let stored: Value = app.get(&path, mine).await.json().await.unwrap();
+            assert_eq!(stored["email"], c["email"]);
+            assert_eq!(stored["company_id"], c["company_id"]);
+            assert_eq!(app.get(&path, theirs).await.status(), StatusCode::NOT_FOUND);
+        }
+    }
+    let listed: Value = app
+        .get("/v1/contacts?limit=200", &a.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        27,
+        "26 new and one held"
+    );
+
+    // One event per creation, numbered without gaps; refused creations left none.
+    let feed: Value = app
+        .get(&format!("/v1/changes?since={since}&limit=1000"), &a.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = feed["data"].as_array().unwrap();
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, ((since + 1)..=(since + 26)).collect::<Vec<_>>());
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "contact.created");
+            e["object_id"].as_str().unwrap()
+        })
+        .collect();
+    let mut want: Vec<&str> = created_a
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+
+    // The override is audited; every tenant's chain is whole.
+    let overridden = created_a
+        .iter()
+        .find(|c| c["email"] == "gone@example.org")
+        .unwrap();
+    let audit: Value = app
+        .get(
+            &format!(
+                "/v1/audit-events?object_id={}",
+                overridden["id"].as_str().unwrap()
+            ),
+            &a.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["data"][0]["details"]["reason"], "consent_renewed");
+    let db = crm_e2e::open_db(&app).await;
+    let (_, breaks) = crm_domain::audit::verify_chain(&db).await.unwrap();
+    assert!(breaks.is_empty(), "{breaks:?}");
+});
