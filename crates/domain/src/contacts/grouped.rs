@@ -7,13 +7,16 @@
 //! concurrent requests on 2 cores the writer thread was busy a third of the time and waited
 //! for wake-ups the rest (`perf sched`: ~20 µs of scheduling delay per wake-up).
 //!
-//! Creations that arrive while another is being written wait in a queue per database file. One
-//! task writes what has queued up in one transaction, with one statement per kind and tenant
-//! (companies, suppressed addresses, contacts, audit entries, events), then answers each
-//! request with its own result. Every creation gets the checks and errors of the one-by-one
-//! path, in the same order. When the database refuses the grouped writes (an address taken
-//! since it was read, or two in the group), or anything else fails, the transaction is rolled
-//! back and each creation is written alone, so each gets its own answer.
+//! Creations wait in a queue per database file. A thread of its own per file (so that no
+//! request worker's life, or shutdown, cuts a write short) takes what has queued up and writes
+//! it in one transaction, with one statement per kind and tenant (companies, suppressed
+//! addresses, addresses taken, contacts, audit entries, events), then answers each request
+//! with its own result. Every creation gets the checks and errors of the one-by-one path, in
+//! the same order; the transaction holds SQLite's write lock from its start, so what it reads
+//! stays true until it commits. Should the database still refuse the grouped writes, or a
+//! statement fail, the transaction is rolled back and each creation is written alone, so each
+//! gets its own answer. When the transaction cannot begin or commit, every creation of the
+//! group gets that error (one by one would wait for the same lock once per creation).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,13 +26,13 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
 use super::{Contact, NewRow, admit, email_taken, unknown_company};
 use crate::audit::{self, Actor, Entry, Event};
 use crate::db::{self, one_of};
-use crate::entities::{company, suppression};
+use crate::entities::{company, contact, suppression};
 use crate::error::{DomainError, DomainResult};
 use crate::tenancy::Tenant;
 
@@ -69,26 +72,40 @@ struct Queued {
     answer: oneshot::Sender<DomainResult<Contact>>,
 }
 
-/// The creations waiting for a database file, and whether a task is writing them.
+/// The creations waiting for a database file, and its writer's wake-up.
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<Queued>,
-    writing: bool,
+    waiting: Mutex<Vec<Queued>>,
+    /// Notified after each push: a notification that finds the writer busy is kept for it.
+    wake: Notify,
+    /// The largest group written so far (tests check that creations were grouped).
+    #[cfg(test)]
+    largest: std::sync::atomic::AtomicUsize,
 }
 
-static QUEUES: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<Queue>>>>> =
-    LazyLock::new(Default::default);
+static QUEUES: LazyLock<Mutex<HashMap<PathBuf, Arc<Queue>>>> = LazyLock::new(Default::default);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn queue_of(file: &Path) -> Arc<Mutex<Queue>> {
+/// The queue of a database file; its writer thread starts with it and runs for the life of
+/// the process, as the file's writer connection does.
+fn queue_of(db: &DatabaseConnection, file: &Path) -> std::io::Result<Arc<Queue>> {
     let mut queues = lock(&QUEUES);
-    match queues.get(file) {
-        Some(queue) => queue.clone(),
-        None => queues.entry(file.to_path_buf()).or_default().clone(),
+    if let Some(queue) = queues.get(file) {
+        return Ok(queue.clone());
     }
+    let queue = Arc::new(Queue::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (db, writer) = (db.clone(), queue.clone());
+    std::thread::Builder::new()
+        .name("crm-grouped-writes".into())
+        .spawn(move || runtime.block_on(write_queue(db, writer)))?;
+    queues.insert(file.to_path_buf(), queue.clone());
+    Ok(queue)
 }
 
 /// Creates the contact with whatever else is queued for the same database file. `Err` gives
@@ -98,21 +115,19 @@ pub(super) async fn create(
     db: &DatabaseConnection,
     pending: Pending,
 ) -> Result<DomainResult<Contact>, Pending> {
-    let Some(queue) = db::with_sqlite_writer_file(db, queue_of) else {
-        return Err(pending);
+    let queue = match db::with_sqlite_writer_file(db, |file| queue_of(db, file)) {
+        Some(Ok(queue)) => queue,
+        Some(Err(e)) => {
+            log::warn!("no thread for grouped contact creations ({e}); one by one");
+            return Err(pending);
+        }
+        None => return Err(pending),
     };
     let (answer, answered) = oneshot::channel();
-    let start = {
-        let mut q = lock(&queue);
-        q.waiting.push(Queued { pending, answer });
-        !std::mem::replace(&mut q.writing, true)
-    };
-    if start {
-        // A task of its own: a request that goes away (a client that disconnects) does not
-        // stop the writes of the others. Once queued, a creation is written even when its
-        // request has gone.
-        tokio::spawn(write_queue(db.clone(), queue));
-    }
+    lock(&queue.waiting).push(Queued { pending, answer });
+    queue.wake.notify_one();
+    // Once queued, a creation is written even when its request has gone (a client that
+    // disconnected): the writer thread does not depend on the request.
     Ok(answered.await.unwrap_or_else(|_| {
         Err(DomainError::Internal(
             "the grouped write stopped before it answered".into(),
@@ -120,78 +135,75 @@ pub(super) async fn create(
     }))
 }
 
-/// Writes the queue's creations, a group at a time, until none waits.
-async fn write_queue(db: DatabaseConnection, queue: Arc<Mutex<Queue>>) {
-    let mut writing = Writing {
-        queue: queue.clone(),
-        armed: true,
-    };
+/// The writer thread's loop: writes the queue's creations a group at a time.
+async fn write_queue(db: DatabaseConnection, queue: Arc<Queue>) {
     loop {
         let group: Vec<Queued> = {
-            let mut q = lock(&queue);
-            if q.waiting.is_empty() {
-                // Under the same lock as a creation's push: one that comes later starts a
-                // new task.
-                q.writing = false;
-                writing.armed = false;
-                return;
-            }
-            let n = q.waiting.len().min(MAX_GROUP);
-            q.waiting.drain(..n).collect()
+            let mut waiting = lock(&queue.waiting);
+            let n = waiting.len().min(MAX_GROUP);
+            waiting.drain(..n).collect()
         };
-        write_group(&db, group).await;
-    }
-}
-
-/// Ends the queue's writing when its task stops early (a panic, the runtime shutting down):
-/// the creations still waiting are answered with an error (none of them was written), and
-/// the next creation starts a new task.
-struct Writing {
-    queue: Arc<Mutex<Queue>>,
-    armed: bool,
-}
-
-impl Drop for Writing {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut q = lock(&self.queue);
-            q.writing = false;
-            q.waiting.clear();
+        if group.is_empty() {
+            queue.wake.notified().await;
+            continue;
+        }
+        #[cfg(test)]
+        queue
+            .largest
+            .fetch_max(group.len(), std::sync::atomic::Ordering::Relaxed);
+        // A task per group: should one panic, its requests get an error (their answers are
+        // dropped) and the thread goes on with the next group.
+        if let Err(e) = tokio::spawn(write_group(db.clone(), group)).await {
+            log::error!("a grouped write of contact creations stopped: {e}");
         }
     }
 }
 
-async fn write_group(db: &DatabaseConnection, group: Vec<Queued>) {
+/// What became of a group's transaction.
+enum Outcome {
+    /// Committed: each creation's result.
+    Written(Vec<DomainResult<Contact>>),
+    /// Rolled back; written one by one, each creation gets its own answer.
+    Refused,
+    /// The transaction could not begin or commit: nothing of the group was written.
+    Failed(DomainError),
+}
+
+async fn write_group(db: DatabaseConnection, group: Vec<Queued>) {
     let (pending, answers): (Vec<Pending>, Vec<_>) =
         group.into_iter().map(|q| (q.pending, q.answer)).unzip();
-    match together(db, &pending).await {
-        Ok(Some(results)) => {
+    match together(&db, &pending).await {
+        Outcome::Written(results) => {
             for (result, answer) in results.into_iter().zip(answers) {
                 // A request that went away no longer waits for its answer.
                 let _ = answer.send(result);
             }
         }
-        outcome => {
-            if let Err(e) = outcome {
-                log::warn!(
-                    "a grouped write of {} contacts failed ({e}); one by one",
-                    pending.len()
-                );
-            }
+        Outcome::Refused => {
             for (p, answer) in pending.into_iter().zip(answers) {
-                let _ = answer.send(p.create_alone(db).await);
+                let _ = answer.send(p.create_alone(&db).await);
+            }
+        }
+        Outcome::Failed(e) => {
+            log::error!(
+                "a grouped write of {} contact creations failed: {e:?}",
+                pending.len()
+            );
+            for answer in answers {
+                let _ = answer.send(Err(DomainError::Internal(format!(
+                    "the grouped write failed: {e}"
+                ))));
             }
         }
     }
 }
 
-/// Writes the group in one transaction: each creation's result, or `None` when the database
-/// refused the grouped writes (rolled back).
-async fn together(
-    db: &DatabaseConnection,
-    pending: &[Pending],
-) -> DomainResult<Option<Vec<DomainResult<Contact>>>> {
-    let txn = db::begin_write(db).await?;
+/// Writes the group in one transaction.
+async fn together(db: &DatabaseConnection, pending: &[Pending]) -> Outcome {
+    let txn = match db::begin_write(db).await {
+        Ok(txn) => txn,
+        Err(e) => return Outcome::Failed(e.into()),
+    };
     let mut results: Vec<Option<DomainResult<Contact>>> = pending.iter().map(|_| None).collect();
     let mut tenants: Vec<Tenant> = Vec::new();
     for p in pending {
@@ -204,25 +216,36 @@ async fn together(
             .filter(|&k| pending[k].tenant == tenant)
             .collect();
         let mine: Vec<&Pending> = members.iter().map(|&k| &pending[k]).collect();
-        match write_tenant(&txn, tenant, &mine).await? {
-            Some(out) => {
+        match write_tenant(&txn, tenant, &mine).await {
+            Ok(Some(out)) => {
                 for (k, result) in members.into_iter().zip(out) {
                     results[k] = Some(result);
                 }
             }
-            None => {
-                txn.rollback().await?;
-                return Ok(None);
+            Ok(None) => {
+                return match txn.rollback().await {
+                    Ok(()) => Outcome::Refused,
+                    Err(e) => Outcome::Failed(e.into()),
+                };
+            }
+            Err(e) => {
+                log::warn!("a grouped write of contact creations failed ({e}); one by one");
+                return match txn.rollback().await {
+                    Ok(()) => Outcome::Refused,
+                    Err(e) => Outcome::Failed(e.into()),
+                };
             }
         }
     }
-    txn.commit().await?;
-    Ok(Some(
+    if let Err(e) = txn.commit().await {
+        return Outcome::Failed(e.into());
+    }
+    Outcome::Written(
         results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(DomainError::Internal("not written".into()))))
             .collect(),
-    ))
+    )
 }
 
 /// One tenant's creations of the group, in order: `None` when the database refused them.
@@ -251,31 +274,40 @@ async fn write_tenant(
             .into_iter()
             .collect()
     };
-    let digests: HashSet<&str> = pending
+    // An address's blind index is also its suppression digest.
+    let indexes: HashSet<&str> = pending
         .iter()
         .filter_map(|p| p.row.index.as_deref())
         .collect();
-    let suppressed: HashSet<String> = if digests.is_empty() {
-        HashSet::new()
+    let (suppressed, held): (HashSet<String>, HashSet<String>) = if indexes.is_empty() {
+        Default::default()
     } else {
-        suppression::Entity::find()
+        let listed = || indexes.iter().map(|i| (*i).to_owned());
+        let suppressed = suppression::Entity::find()
             .select_only()
             .column(suppression::Column::EmailHmac)
             .filter(suppression::Column::TenantId.eq(tenant_id))
-            .filter(one_of(
-                backend,
-                suppression::Column::EmailHmac,
-                digests.into_iter().map(str::to_owned),
-            ))
+            .filter(one_of(backend, suppression::Column::EmailHmac, listed()))
             .into_tuple::<String>()
             .all(txn)
             .await?
             .into_iter()
-            .collect()
+            .collect();
+        let held = contact::Entity::find()
+            .select_only()
+            .column(contact::Column::EmailIndex)
+            .filter(contact::Column::TenantId.eq(tenant_id))
+            .filter(one_of(backend, contact::Column::EmailIndex, listed()))
+            .into_tuple::<String>()
+            .all(txn)
+            .await?
+            .into_iter()
+            .collect();
+        (suppressed, held)
     };
-    // The checks of `NewRow::insert`, in its order; an address is taken by the first
-    // creation of the group that names it.
-    let mut taken = HashSet::new();
+    // The checks of `NewRow::insert`, in its order; an address is taken when a contact holds
+    // it or an earlier creation of the group takes it.
+    let mut taken: HashSet<&str> = HashSet::new();
     let mut out = Vec::with_capacity(pending.len());
     let mut rows = Vec::new();
     let mut entries = Vec::new();
@@ -293,7 +325,7 @@ async fn write_tenant(
                 None => Ok(None),
                 Some(index) => admit(suppressed.contains(index), p.override_reason.as_deref())
                     .and_then(|details| {
-                        if taken.insert(index) {
+                        if !held.contains(index) && taken.insert(index) {
                             Ok(details)
                         } else {
                             Err(email_taken())
@@ -495,15 +527,28 @@ mod tests {
             Err(_) => "other error",
         }
     }
+    /// Contacts, audit entries and events stored.
+    async fn counts(db: &DatabaseConnection) -> DomainResult<(u64, u64, u64)> {
+        Ok((
+            contact::Entity::find().count(db).await?,
+            crate::entities::audit_event::Entity::find()
+                .count(db)
+                .await?,
+            event::Entity::find().count(db).await?,
+        ))
+    }
 
     /// One transaction writes a group of two tenants' creations with the checks and errors of
-    /// one-by-one creation; each entry is audited with its own actor and request, and each
-    /// tenant's chain and change feed stay whole and in order.
+    /// one-by-one creation; each entry is audited with its own actor, request and time, and
+    /// each tenant's chain and change feed stay whole and in order.
     #[tokio::test]
     async fn a_group_is_written_in_one_transaction_with_each_creations_own_answer()
     -> DomainResult<()> {
         let s = Setup::new().await?;
         s.suppress(s.a, "gone@example.org").await?;
+        s.pending(s.a, "held@example.org", None, None, "r0")?
+            .create_alone(&s.db)
+            .await?;
         let group = vec![
             s.pending(s.a, "one@example.org", Some(s.company_a), None, "r1")?,
             s.pending(s.b, "one@example.org", Some(s.company_b), None, "r2")?,
@@ -514,10 +559,13 @@ mod tests {
             s.pending(s.a, "one@example.org", None, None, "r5")?,
             s.pending(s.a, "gone@example.org", None, Some("consent_renewed"), "r6")?,
             s.pending(s.b, "three@example.org", None, None, "r7")?,
+            s.pending(s.a, "held@example.org", None, None, "r8")?,
+            // Held in the other tenant only.
+            s.pending(s.b, "held@example.org", None, None, "r9")?,
         ];
-        let results = together(&s.db, &group)
-            .await?
-            .ok_or_else(|| DomainError::Internal("the group was refused".into()))?;
+        let Outcome::Written(results) = together(&s.db, &group).await else {
+            panic!("the group was not written");
+        };
         let codes: Vec<&str> = results.iter().map(code).collect();
         assert_eq!(
             codes,
@@ -528,26 +576,36 @@ mod tests {
                 "email_suppressed",
                 "email_taken",
                 "created",
+                "created",
+                "email_taken",
                 "created"
             ]
         );
-        assert_eq!(s.contacts().await?, 4);
-        for (p, result) in group.iter().zip(&results) {
-            if let Ok(c) = result {
-                assert_eq!(c.id, p.row.contact.id);
-            }
-        }
+        assert_eq!(s.contacts().await?, 6);
         let entries = crate::entities::audit_event::Entity::find()
             .filter(crate::entities::audit_event::Column::Action.eq("contact.created"))
             .all(&s.db)
             .await?;
-        let requests: HashSet<Option<String>> =
-            entries.iter().map(|e| e.request_id.clone()).collect();
-        let want: HashSet<Option<String>> = ["r1", "r2", "r6", "r7"]
-            .into_iter()
-            .map(|r| Some(r.to_owned()))
-            .collect();
-        assert_eq!(requests, want);
+        assert_eq!(entries.len(), 6);
+        for (p, result) in group.iter().zip(&results) {
+            let Ok(c) = result else { continue };
+            assert_eq!(c.id, p.row.contact.id);
+            // Its own entry: its actor, its request, its time.
+            let entry = entries
+                .iter()
+                .find(|e| e.object_id == Some(c.id.as_uuid()))
+                .ok_or_else(|| DomainError::Internal("no audit entry".into()))?;
+            assert_eq!(entry.tenant_id, p.tenant.id().as_uuid());
+            assert_eq!(entry.actor_id, p.actor.actor_id);
+            assert_eq!(entry.request_id, p.actor.request_id);
+            assert_eq!(entry.occurred_at, p.now);
+            let stored = contact::Entity::find_by_id(c.id.as_uuid())
+                .one(&s.db)
+                .await?
+                .ok_or_else(|| DomainError::Internal("no contact".into()))?;
+            assert_eq!(stored.tenant_id, p.tenant.id().as_uuid());
+            assert_eq!(stored.email_index, p.row.index);
+        }
         let overridden = entries
             .iter()
             .find(|e| e.request_id.as_deref() == Some("r6"))
@@ -558,7 +616,7 @@ mod tests {
         );
         let (_, breaks) = audit::verify_chain(&s.db).await?;
         assert!(breaks.is_empty(), "{breaks:?}");
-        for (t, n) in [(s.a, 2), (s.b, 2)] {
+        for (t, n) in [(s.a, 3), (s.b, 3)] {
             let seqs: Vec<i64> = event::Entity::find()
                 .filter(event::Column::TenantId.eq(t.id().as_uuid()))
                 .all(&s.db)
@@ -572,24 +630,33 @@ mod tests {
         Ok(())
     }
 
-    /// An address another contact holds makes the database refuse the group's insert (a group
-    /// does not read contacts first): nothing of the group stays, and written one by one, only
-    /// that creation fails.
+    /// When the database refuses a write of the group (here a contact id that exists, which
+    /// no check foresees), the whole transaction is rolled back — also what the group had
+    /// written for another tenant before — and the creations written one by one each get
+    /// their own answer.
     #[tokio::test]
     async fn a_refused_group_is_rolled_back_and_written_one_by_one() -> DomainResult<()> {
         let s = Setup::new().await?;
-        s.pending(s.a, "taken@example.org", None, None, "r0")?
+        let existing = s
+            .pending(s.a, "first@example.org", None, None, "r0")?
             .create_alone(&s.db)
             .await?;
         let group = || -> DomainResult<Vec<Pending>> {
+            let mut clash = s.pending(s.a, "clash@example.org", None, None, "r3")?;
+            clash.row.row.id = sea_orm::ActiveValue::Set(existing.id.as_uuid());
             Ok(vec![
-                s.pending(s.a, "new@example.org", None, None, "r1")?,
-                s.pending(s.a, "taken@example.org", None, None, "r2")?,
-                s.pending(s.b, "taken@example.org", None, None, "r3")?,
+                s.pending(s.b, "new@example.org", None, None, "r1")?,
+                s.pending(s.a, "new@example.org", None, None, "r2")?,
+                clash,
             ])
         };
-        assert!(together(&s.db, &group()?).await?.is_none());
-        assert_eq!(s.contacts().await?, 1, "the refused group left nothing");
+        let before = counts(&s.db).await?;
+        assert!(matches!(together(&s.db, &group()?).await, Outcome::Refused));
+        assert_eq!(
+            counts(&s.db).await?,
+            before,
+            "the refused group left nothing"
+        );
 
         let mut answers = Vec::new();
         let queued = group()?
@@ -600,7 +667,7 @@ mod tests {
                 Queued { pending, answer }
             })
             .collect();
-        write_group(&s.db, queued).await;
+        write_group(s.db.clone(), queued).await;
         let mut codes = Vec::new();
         for answered in answers {
             let result = answered
@@ -608,7 +675,8 @@ mod tests {
                 .map_err(|e| DomainError::Internal(e.to_string()))?;
             codes.push(code(&result));
         }
-        assert_eq!(codes, ["created", "email_taken", "created"]);
+        // The one-by-one path reports any unique key it meets as a taken address.
+        assert_eq!(codes, ["created", "created", "email_taken"]);
         assert_eq!(s.contacts().await?, 3);
         let (_, breaks) = audit::verify_chain(&s.db).await?;
         assert!(breaks.is_empty(), "{breaks:?}");
@@ -616,30 +684,37 @@ mod tests {
         Ok(())
     }
 
-    /// Many creations at once through the queue: each is answered, and what was answered as
-    /// created is what the database holds.
+    /// Creations that arrive while the writer is busy wait in the queue and are written as
+    /// one group; each is answered, and what was answered as created is what the database
+    /// holds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_creations_are_queued_and_each_answered() -> DomainResult<()> {
+    async fn creations_that_arrive_together_are_written_as_a_group() -> DomainResult<()> {
+        use std::future::Future;
         let s = Setup::new().await?;
-        let mut tasks = Vec::new();
-        for k in 0..60 {
+        // Another write holds the writer turn while the creations arrive.
+        let turn = db::write_turn(&s.db).await?;
+        let mut creations = Vec::new();
+        for k in 0..60usize {
             // Every tenth address repeats the one before: one of the two is taken.
             let email = format!("p{}@example.org", k - usize::from(k % 10 == 9));
             let pending = s.pending(s.a, &email, None, None, &format!("r{k}"))?;
-            let db = s.db.clone();
-            tasks.push(tokio::spawn(async move {
-                match create(&db, pending).await {
-                    Ok(result) => result,
-                    Err(_) => Err(DomainError::Internal("not queued".into())),
-                }
-            }));
+            creations.push(Box::pin(create(&s.db, pending)));
         }
-        let mut created = 0;
-        let mut taken = 0;
-        for task in tasks {
-            let result = task
-                .await
-                .map_err(|e| DomainError::Internal(e.to_string()))?;
+        // A first poll queues each creation; none can be answered while the turn is held.
+        std::future::poll_fn(|cx| {
+            for c in creations.iter_mut() {
+                assert!(c.as_mut().poll(cx).is_pending());
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        drop(turn);
+        let (mut created, mut taken) = (0, 0);
+        for c in creations {
+            let result = match c.await {
+                Ok(result) => result,
+                Err(_) => panic!("the creation was not queued"),
+            };
             match code(&result) {
                 "created" => created += 1,
                 "email_taken" => taken += 1,
@@ -647,11 +722,19 @@ mod tests {
             }
         }
         assert_eq!((created, taken), (54, 6));
-        assert_eq!(s.contacts().await?, 54);
+        let queue = db::with_sqlite_writer_file(&s.db, |file| queue_of(&s.db, file))
+            .ok_or_else(|| DomainError::Internal("no queue".into()))?
+            .map_err(|e| DomainError::Internal(e.to_string()))?;
+        // The writer took at most part of them before the turn was free; the rest waited.
+        assert!(
+            queue.largest.load(std::sync::atomic::Ordering::Relaxed) >= 30,
+            "grouped"
+        );
+        let (contacts, entries, events) = counts(&s.db).await?;
+        // The audit chain also holds the set-up's two companies.
+        assert_eq!((contacts, entries, events), (54, 56, 54));
         let (_, breaks) = audit::verify_chain(&s.db).await?;
         assert!(breaks.is_empty(), "{breaks:?}");
-        let events = event::Entity::find().count(&s.db).await?;
-        assert_eq!(events, 54);
         s.done().await;
         Ok(())
     }
