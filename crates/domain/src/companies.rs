@@ -154,6 +154,33 @@ pub(crate) async fn company_exists(
         .is_some())
 }
 
+/// Which of `ids` are companies of the tenant: one query (none for no ids). For checks of
+/// many references at once (bulk and grouped writes).
+pub(crate) async fn existing_companies(
+    db: &impl ConnectionTrait,
+    tenant: &Tenant,
+    ids: impl IntoIterator<Item = uuid::Uuid>,
+) -> DomainResult<std::collections::HashSet<uuid::Uuid>> {
+    let ids: Vec<uuid::Uuid> = ids.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(company::Entity::find()
+        .select_only()
+        .column(company::Column::Id)
+        .filter(company::Column::TenantId.eq(tenant.id().as_uuid()))
+        .filter(db::one_of(
+            db.get_database_backend(),
+            company::Column::Id,
+            ids,
+        ))
+        .into_tuple::<uuid::Uuid>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 pub async fn list_companies(
     db: &impl ConnectionTrait,
     tenant: &Tenant,

@@ -96,6 +96,35 @@ pub(crate) async fn is_digest_suppressed(
     Ok(fixed_one_in(db, SQL, &params).await?.is_some())
 }
 
+/// Which of `digests` (addresses' blind indexes) are on the tenant's suppression list: one
+/// query (none for no digests). For checks of many addresses at once (bulk and grouped
+/// writes).
+pub(crate) async fn suppressed_among(
+    db: &impl ConnectionTrait,
+    tenant: TenantId,
+    digests: impl IntoIterator<Item = String>,
+) -> DomainResult<std::collections::HashSet<String>> {
+    use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
+    let digests: Vec<String> = digests.into_iter().collect();
+    if digests.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(suppression::Entity::find()
+        .select_only()
+        .column(suppression::Column::EmailHmac)
+        .filter(suppression::Column::TenantId.eq(tenant.as_uuid()))
+        .filter(crate::db::one_of(
+            db.get_database_backend(),
+            suppression::Column::EmailHmac,
+            digests,
+        ))
+        .into_tuple::<String>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 pub(crate) async fn suppress(
     db: &impl ConnectionTrait,
     secret: &SuppressionSecret,

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::audit::{self, Actor, Event};
 use crate::db::one_of;
-use crate::entities::{company, contact, suppression};
+use crate::entities::contact;
 use crate::error::{DomainError, DomainResult};
 use crate::ids::{CompanyId, ContactId};
 use crate::suppression::Digester;
@@ -229,39 +229,12 @@ async fn read(
         .filter_map(|c| c.email.clone().map(|e| (e, c.id.as_uuid())))
         .collect();
 
-    let companies = if company_ids.is_empty() {
-        HashSet::new()
-    } else {
-        company::Entity::find()
-            .select_only()
-            .column(company::Column::Id)
-            .filter(company::Column::TenantId.eq(tenant_id))
-            .filter(one_of(backend, company::Column::Id, company_ids))
-            .into_tuple::<Uuid>()
-            .all(db)
-            .await?
-            .into_iter()
-            .collect()
-    };
+    let companies = crate::companies::existing_companies(db, tenant, company_ids).await?;
 
     let mut suppressed = HashSet::new();
-    if !emails.is_empty() {
-        let hits = suppression::Entity::find()
-            .select_only()
-            .column(suppression::Column::EmailHmac)
-            .filter(suppression::Column::TenantId.eq(tenant_id))
-            .filter(one_of(
-                backend,
-                suppression::Column::EmailHmac,
-                digests.keys().cloned(),
-            ))
-            .into_tuple::<String>()
-            .all(db)
-            .await?;
-        for h in hits {
-            if let Some(e) = digests.get(&h) {
-                suppressed.insert(e.as_str().to_owned());
-            }
+    for h in crate::suppression::suppressed_among(db, tenant.id(), digests.keys().cloned()).await? {
+        if let Some(e) = digests.get(&h) {
+            suppressed.insert(e.as_str().to_owned());
         }
     }
     let email_index = digests

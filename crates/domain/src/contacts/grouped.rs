@@ -27,12 +27,11 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
 };
 use tokio::sync::{Notify, oneshot};
-use uuid::Uuid;
 
 use super::{Contact, NewRow, admit, email_taken, unknown_company};
 use crate::audit::{self, Actor, Entry, Event};
 use crate::db::{self, one_of};
-use crate::entities::{company, contact, suppression};
+use crate::entities::contact;
 use crate::error::{DomainError, DomainResult};
 use crate::tenancy::Tenant;
 
@@ -254,56 +253,38 @@ async fn write_tenant(
     tenant: Tenant,
     pending: &[&Pending],
 ) -> DomainResult<Option<Vec<DomainResult<Contact>>>> {
-    let tenant_id = tenant.id().as_uuid();
-    let backend = txn.get_database_backend();
-    let company_ids: HashSet<Uuid> = pending
-        .iter()
-        .filter_map(|p| p.row.contact.company_id.map(|c| c.as_uuid()))
-        .collect();
-    let companies: HashSet<Uuid> = if company_ids.is_empty() {
-        HashSet::new()
-    } else {
-        company::Entity::find()
-            .select_only()
-            .column(company::Column::Id)
-            .filter(company::Column::TenantId.eq(tenant_id))
-            .filter(one_of(backend, company::Column::Id, company_ids))
-            .into_tuple::<Uuid>()
-            .all(txn)
-            .await?
-            .into_iter()
-            .collect()
-    };
+    let companies = crate::companies::existing_companies(
+        txn,
+        &tenant,
+        pending
+            .iter()
+            .filter_map(|p| p.row.contact.company_id.map(|c| c.as_uuid())),
+    )
+    .await?;
     // An address's blind index is also its suppression digest.
     let indexes: HashSet<&str> = pending
         .iter()
         .filter_map(|p| p.row.index.as_deref())
         .collect();
-    let (suppressed, held): (HashSet<String>, HashSet<String>) = if indexes.is_empty() {
-        Default::default()
+    let listed = || indexes.iter().map(|i| (*i).to_owned());
+    let suppressed = crate::suppression::suppressed_among(txn, tenant.id(), listed()).await?;
+    let held: HashSet<String> = if indexes.is_empty() {
+        HashSet::new()
     } else {
-        let listed = || indexes.iter().map(|i| (*i).to_owned());
-        let suppressed = suppression::Entity::find()
-            .select_only()
-            .column(suppression::Column::EmailHmac)
-            .filter(suppression::Column::TenantId.eq(tenant_id))
-            .filter(one_of(backend, suppression::Column::EmailHmac, listed()))
-            .into_tuple::<String>()
-            .all(txn)
-            .await?
-            .into_iter()
-            .collect();
-        let held = contact::Entity::find()
+        contact::Entity::find()
             .select_only()
             .column(contact::Column::EmailIndex)
-            .filter(contact::Column::TenantId.eq(tenant_id))
-            .filter(one_of(backend, contact::Column::EmailIndex, listed()))
+            .filter(contact::Column::TenantId.eq(tenant.id().as_uuid()))
+            .filter(one_of(
+                txn.get_database_backend(),
+                contact::Column::EmailIndex,
+                listed(),
+            ))
             .into_tuple::<String>()
             .all(txn)
             .await?
             .into_iter()
-            .collect();
-        (suppressed, held)
+            .collect()
     };
     // The checks of `NewRow::insert`, in its order; an address is taken when a contact holds
     // it or an earlier creation of the group takes it.
