@@ -138,7 +138,7 @@ pub(super) async fn upsert(
 
 /// Writes the changed contacts (upserts on their id), then the new ones; `false` when the
 /// database refused them (a concurrent change).
-async fn write_contacts(
+pub(super) async fn write_contacts(
     db: &impl ConnectionTrait,
     changed: Vec<contact::ActiveModel>,
     new: Vec<contact::ActiveModel>,

@@ -215,25 +215,20 @@ async fn together(db: &DatabaseConnection, pending: &[Pending]) -> Outcome {
             .filter(|&k| pending[k].tenant == tenant)
             .collect();
         let mine: Vec<&Pending> = members.iter().map(|&k| &pending[k]).collect();
-        match write_tenant(&txn, tenant, &mine).await {
-            Ok(Some(out)) => {
-                for (k, result) in members.into_iter().zip(out) {
-                    results[k] = Some(result);
+        let out = match write_tenant(&txn, tenant, &mine).await {
+            Ok(Some(out)) => out,
+            refused => {
+                if let Err(e) = refused {
+                    log::warn!("a grouped write of contact creations failed ({e}); one by one");
                 }
-            }
-            Ok(None) => {
                 return match txn.rollback().await {
                     Ok(()) => Outcome::Refused,
                     Err(e) => Outcome::Failed(e.into()),
                 };
             }
-            Err(e) => {
-                log::warn!("a grouped write of contact creations failed ({e}); one by one");
-                return match txn.rollback().await {
-                    Ok(()) => Outcome::Refused,
-                    Err(e) => Outcome::Failed(e.into()),
-                };
-            }
+        };
+        for (k, result) in members.into_iter().zip(out) {
+            results[k] = Some(result);
         }
     }
     if let Err(e) = txn.commit().await {
@@ -336,19 +331,8 @@ async fn write_tenant(
     if rows.is_empty() {
         return Ok(Some(out));
     }
-    let n = rows.len() as u64;
-    match db::insert_rows(txn, rows, None).await {
-        Ok(written) if written == n => {}
-        Ok(_) => return Ok(None),
-        Err(e)
-            if matches!(
-                e.sql_err(),
-                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
+    if !super::bulk::write_contacts(txn, Vec::new(), rows).await? {
+        return Ok(None);
     }
     let lock = audit::record_each(txn, tenant.id(), entries).await?;
     crate::events::emit_locked_each(txn, &lock, events).await?;
