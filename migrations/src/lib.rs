@@ -18,6 +18,7 @@ mod m20261201_000009_job_runs;
 mod m20261201_000010_request_limits;
 mod m20261201_000011_sealed_personal_data;
 mod m20261201_000012_log_tables_without_tenant_checks;
+mod m20261205_000013_audit_indexes_in_chain_order;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000010_request_limits::Migration),
             Box::new(m20261201_000011_sealed_personal_data::Migration),
             Box::new(m20261201_000012_log_tables_without_tenant_checks::Migration),
+            Box::new(m20261205_000013_audit_indexes_in_chain_order::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, ExprTrait, Query, SubQueryStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Statement,
@@ -268,11 +269,24 @@ pub async fn list(
     filter: AuditFilter,
     page: PageRequest,
 ) -> DomainResult<Page<AuditRecord>> {
+    let tenant_id = tenant.id().as_uuid();
+    // Chain order: every filter has an index that ends in `seq`, so a page is a range read.
     let mut q = audit_event::Entity::find()
-        .filter(audit_event::Column::TenantId.eq(tenant.id().as_uuid()))
-        .order_by_asc(audit_event::Column::Id);
+        .filter(audit_event::Column::TenantId.eq(tenant_id))
+        .order_by_asc(audit_event::Column::Seq);
     if let Some(after) = page.after {
-        q = q.filter(audit_event::Column::Id.gt(after));
+        // The cursor is the id of the previous page's last entry (as on every list); the page
+        // goes on after its place in the chain. Another tenant's id has none: an empty page.
+        let place = Query::select()
+            .column(audit_event::Column::Seq)
+            .from(audit_event::Entity)
+            .and_where(audit_event::Column::TenantId.eq(tenant_id))
+            .and_where(audit_event::Column::Id.eq(after))
+            .to_owned();
+        q = q.filter(
+            Expr::col((audit_event::Entity, audit_event::Column::Seq))
+                .gt(SubQueryStatement::from(place)),
+        );
     }
     if let Some(object) = filter.object_id {
         q = q.filter(audit_event::Column::ObjectId.eq(object));

@@ -441,7 +441,7 @@ pub struct AuditQuery {
     since: Option<String>,
 }
 
-/// List the tenant's audit trail, oldest first.
+/// List the tenant's audit trail in chain order (`seq`), oldest first.
 #[utoipa::path(
     tag = "gdpr",
     params(AuditQuery),
