@@ -732,6 +732,13 @@ def bench_backend(backend, args):
 
         results["export, 1,000 orders (sequential)"] = summarise([timed(export_once, 30) for _ in range(args.rounds)])
 
+        # The audit trail of that subject (each export above added an entry), a page of 50 out
+        # of a log that the workloads before have grown to hundreds of thousands of entries.
+        trail = lua_script("static", METHOD=lua_str("GET"),
+                           PATH=lua_str(f"/v1/audit-events?object_id={subject}&limit=50"),
+                           HEADERS="{}", BODY="nil")
+        load("audit trail of one contact, 50 entries", API_PORT, trail)
+
         # Erasure of such a subject: one per round.
         erase_rounds = []
         for r in range(min(args.rounds, SUBJECTS - 1)):
