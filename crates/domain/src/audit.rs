@@ -384,11 +384,9 @@ pub async fn verify_chain(db: &impl ConnectionTrait) -> DomainResult<(u64, Vec<C
 mod tests {
     use chrono::Utc;
     use crm_migration::{Migrator, MigratorTrait};
-    use sea_orm::ActiveValue::Set;
-    use sea_orm::{EntityTrait, QueryTrait};
+    use sea_orm::QueryTrait;
 
     use super::*;
-    use crate::entities::tenant;
     use crate::pagination::PageRequest;
 
     /// What SQLite's planner does with `select`: one detail per step.
@@ -416,20 +414,7 @@ mod tests {
         let db = crate::db::connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
         Migrator::up(&db, None).await?;
         let now = Utc::now();
-        let id = TenantId::new();
-        tenant::Entity::insert(tenant::ActiveModel {
-            id: Set(id.as_uuid()),
-            slug: Set("a".into()),
-            name: Set("a".into()),
-            kind: Set("customer".into()),
-            active: Set(true),
-            created_at: Set(now),
-            updated_at: Set(now),
-            version: Set(1),
-            mfa_required: Set(false),
-        })
-        .exec_without_returning(&db)
-        .await?;
+        let id = crate::tenants::insert_for_test(&db, "a").await?;
         let t = Tenant::scoped(id);
         let objects: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
         let actions = ["contact.created", "contact.updated", "contact.exported"];

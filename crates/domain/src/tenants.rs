@@ -388,3 +388,29 @@ pub async fn set_mfa_required(
     txn.commit().await?;
     Ok(required)
 }
+
+/// A bare active customer tenant, for unit tests that need one row to key their data to.
+#[cfg(test)]
+pub(crate) async fn insert_for_test(
+    db: &impl sea_orm::ConnectionTrait,
+    slug: &str,
+) -> crate::error::DomainResult<crate::ids::TenantId> {
+    use sea_orm::ActiveValue::Set;
+    use sea_orm::EntityTrait;
+    let id = crate::ids::TenantId::new();
+    let now = chrono::Utc::now();
+    crate::entities::tenant::Entity::insert(crate::entities::tenant::ActiveModel {
+        id: Set(id.as_uuid()),
+        slug: Set(slug.into()),
+        name: Set(slug.into()),
+        kind: Set("customer".into()),
+        active: Set(true),
+        created_at: Set(now),
+        updated_at: Set(now),
+        version: Set(1),
+        mfa_required: Set(false),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(id)
+}

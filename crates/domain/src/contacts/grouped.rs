@@ -348,8 +348,8 @@ mod tests {
 
     use super::*;
     use crate::contacts::{NewContact, SuppressionGate};
-    use crate::entities::{contact, event, tenant};
-    use crate::ids::{CompanyId, TenantId};
+    use crate::entities::{contact, event};
+    use crate::ids::CompanyId;
     use crate::suppression::SuppressionSecret;
     use crate::values::EmailAddress;
     use crate::vault::Vault;
@@ -373,20 +373,7 @@ mod tests {
             let now = Utc::now();
             let mut tenants = Vec::new();
             for slug in ["a", "b"] {
-                let id = TenantId::new();
-                tenant::Entity::insert(tenant::ActiveModel {
-                    id: Set(id.as_uuid()),
-                    slug: Set(slug.into()),
-                    name: Set(slug.into()),
-                    kind: Set("customer".into()),
-                    active: Set(true),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    version: Set(1),
-                    mfa_required: Set(false),
-                })
-                .exec_without_returning(&db)
-                .await?;
+                let id = crate::tenants::insert_for_test(&db, slug).await?;
                 tenants.push(Tenant::scoped(id));
             }
             let (a, b) = (tenants[0], tenants[1]);
