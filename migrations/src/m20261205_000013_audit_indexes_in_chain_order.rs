@@ -9,8 +9,13 @@
 //! entries, and the same walk in every export, which reads the subject's entries in chain
 //! order. With the order in the index, a page is a range read whatever the statistics say.
 //!
-//! The new index is created under a new name before the old one is dropped, so no connection
-//! of the pool can see a name taken twice.
+//! The new index is created before the old one is dropped, under a new name: there is always
+//! an index on the object, and no step depends on another pool connection having seen the
+//! drop (SQLite runs migrations on the pool, outside a transaction).
+//!
+//! On PostgreSQL the migration runs in one transaction with plain `CREATE INDEX`: writes to
+//! `audit_events` (every change writes one) wait until both indexes are built over the whole
+//! log. On a large log, run it in a maintenance window.
 
 use sea_orm_migration::prelude::*;
 

@@ -1,5 +1,7 @@
-//! Cursor pagination in id order. Ids are UUIDv7, so the order is creation order and stable:
-//! rows inserted while a client pages appear after the cursor, never skipped or repeated.
+//! Cursor pagination. The cursor is the id of the previous page's last row. Lists are in id
+//! order (ids are UUIDv7, so the order is creation order and stable: rows inserted while a
+//! client pages appear after the cursor, never skipped or repeated), except the audit trail,
+//! which is in chain order and goes on after the cursor's entry (`audit::list`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,7 +16,7 @@ pub const MAX_LIMIT: u64 = 200;
 #[derive(Clone, Copy, Debug)]
 pub struct PageRequest {
     pub limit: u64,
-    /// Exclusive lower bound: the last id of the previous page.
+    /// The last id of the previous page: the page starts after that row.
     pub after: Option<Uuid>,
 }
 
@@ -56,7 +58,7 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
-    /// Builds a page from up to `limit + 1` rows fetched in id order.
+    /// Builds a page from up to `limit + 1` rows fetched in the list's order.
     pub fn from_rows(mut rows: Vec<T>, limit: u64, id_of: impl Fn(&T) -> Uuid) -> Self {
         let more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);

@@ -1033,6 +1033,41 @@ both!(audit_pages_follow_the_chain_with_their_filters, |app| {
         entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect()
     };
 
+    // The tracked contact's entries get ids that run against the chain (the oldest the
+    // largest): every page must follow `seq` all the same.
+    {
+        use sea_orm::ConnectionTrait;
+        let db = open_db(&app).await;
+        let first: Value = app
+            .get(
+                &format!("/v1/audit-events?limit=200&object_id={tracked_id}"),
+                &s.access,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<String> = first["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 6);
+        let fresh: Vec<String> = ids
+            .iter()
+            .map(|_| uuid::Uuid::now_v7().to_string())
+            .collect();
+        for (old, new) in ids.iter().zip(fresh.iter().rev()) {
+            db.execute_unprepared(&format!(
+                "UPDATE audit_events SET id = {} WHERE id = {}",
+                crm_e2e::id_literal(app.backend, new),
+                crm_e2e::id_literal(app.backend, old)
+            ))
+            .await
+            .unwrap();
+        }
+    }
     let all = pages(s.access.clone(), String::new(), 200).await;
     assert_eq!(
         seqs(&all),
