@@ -287,16 +287,6 @@ pub(crate) async fn subject_key(
 
 /// Refuses a suppressed address unless overridden; returns the audit details of an override.
 /// Takes the address's digest (its blind index, computed once for the check and the row).
-async fn check_suppression(
-    db: &impl ConnectionTrait,
-    tenant: &Tenant,
-    email_index: Option<&str>,
-    gate: &SuppressionGate<'_>,
-) -> DomainResult<Option<serde_json::Value>> {
-    check_suppressed(db, tenant, email_index, gate.override_reason.as_deref()).await
-}
-
-/// [`check_suppression`] with the override reason alone (grouped creations hold no vault).
 async fn check_suppressed(
     db: &impl ConnectionTrait,
     tenant: &Tenant,
@@ -310,12 +300,6 @@ async fn check_suppressed(
         is_digest_suppressed(db, tenant.id(), digest).await?,
         override_reason,
     )
-}
-
-impl SuppressionGate<'_> {
-    fn admit(&self, suppressed: bool) -> DomainResult<Option<serde_json::Value>> {
-        admit(suppressed, self.override_reason.as_deref())
-    }
 }
 
 /// Lets an address through unless it is suppressed and not overridden; answers the audit
@@ -863,7 +847,13 @@ async fn update_in(
     let new_index = new_email
         .as_ref()
         .map(|e| gate.vault.email_index(tenant.id(), e));
-    let overridden = check_suppression(txn, tenant, new_index.as_deref(), gate).await?;
+    let overridden = check_suppressed(
+        txn,
+        tenant,
+        new_index.as_deref(),
+        gate.override_reason.as_deref(),
+    )
+    .await?;
     if let Patch::Value(company) = &changes.company_id {
         check_company(txn, tenant, Some(*company)).await?;
     }

@@ -1038,18 +1038,8 @@ both!(audit_pages_follow_the_chain_with_their_filters, |app| {
     {
         use sea_orm::ConnectionTrait;
         let db = open_db(&app).await;
-        let first: Value = app
-            .get(
-                &format!("/v1/audit-events?limit=200&object_id={tracked_id}"),
-                &s.access,
-            )
+        let ids: Vec<String> = pages(s.access.clone(), format!("object_id={tracked_id}"), 200)
             .await
-            .json()
-            .await
-            .unwrap();
-        let ids: Vec<String> = first["data"]
-            .as_array()
-            .unwrap()
             .iter()
             .map(|e| e["id"].as_str().unwrap().to_owned())
             .collect();

@@ -272,8 +272,12 @@ fn apply(
         (None, Patch::Value(e)) => known.by_email.get(e.as_str()).copied(),
         _ => None,
     };
-    let check_suppressed =
-        |email: &EmailAddress| gate.admit(known.suppressed.contains(email.as_str()));
+    let check_suppressed = |email: &EmailAddress| {
+        super::admit(
+            known.suppressed.contains(email.as_str()),
+            gate.override_reason.as_deref(),
+        )
+    };
     let check_company = |company: &Patch<CompanyId>| match company {
         Patch::Value(c) if !known.companies.contains(&c.as_uuid()) => Err(unknown_company()),
         _ => Ok(()),
