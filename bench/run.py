@@ -648,6 +648,8 @@ def bench_backend(backend, args):
                 db.close()
 
         def load(name, port, script, before_round=None):
+            if not want(name):
+                return
             rounds = []
             with RssSampler(api.proc.pid) as rss:
                 for _ in range(args.rounds):
@@ -660,10 +662,15 @@ def bench_backend(backend, args):
             results[name] = out
             log(f"{backend}: {name}: {out['rps']:.0f} req/s, p99 {out['p99_ms'] or 0:.1f} ms, errors {out['errors']}")
 
+        def want(name):
+            return not args.only or any(o.lower() in name.lower() for o in args.only)
+
         def side_by_side(name, script, shared=None):
             """Rounds alternate between the API and the minimal server (and the shared-pool
             one, when given), so all see the same machine: the ratio holds when the machine
             is noisy."""
+            if not want(name):
+                return
             mine, theirs, shared_rounds = [], [], []
             with RssSampler(api.proc.pid) as rss, RssSampler(base.proc.pid) as base_rss, \
                     RssSampler(shared.proc.pid if shared else base.proc.pid) as shared_rss:
@@ -718,8 +725,9 @@ def bench_backend(backend, args):
                 raise SystemExit(f"refresh failed: {status}")
             session.refresh_token = json.loads(data)["refresh_token"]
 
-        session.refresh()
-        results["refresh (sequential)"] = summarise([timed(refresh_once, 300) for _ in range(args.rounds)])
+        if want("refresh (sequential)"):
+            session.refresh()
+            results["refresh (sequential)"] = summarise([timed(refresh_once, 300) for _ in range(args.rounds)])
 
         # Export of a subject with 1,000 orders, sequential.
         session.refresh()
@@ -730,7 +738,10 @@ def bench_backend(backend, args):
             if status != 200:
                 raise SystemExit(f"export failed: {status}")
 
-        results["export, 1,000 orders (sequential)"] = summarise([timed(export_once, 30) for _ in range(args.rounds)])
+        if want("export, 1,000 orders (sequential)"):
+            results["export, 1,000 orders (sequential)"] = summarise(
+                [timed(export_once, 30) for _ in range(args.rounds)]
+            )
 
         # The audit trail of that subject (each export above added an entry), a page of 50 out
         # of a log that the workloads before have grown to hundreds of thousands of entries.
@@ -741,7 +752,7 @@ def bench_backend(backend, args):
 
         # Erasure of such a subject: one per round.
         erase_rounds = []
-        for r in range(min(args.rounds, SUBJECTS - 1)):
+        for r in range(min(args.rounds, SUBJECTS - 1) if want("erase, 1,000 orders") else 0):
             session.refresh()
             session.stepped_up(sqlite_path or db_url)
             target = uid("60000000", 2 + r)
@@ -752,11 +763,15 @@ def bench_backend(backend, args):
                     raise SystemExit(f"erase failed: {status} {data[:200]}")
 
             erase_rounds.append(timed(erase_once, 1))
-        results["erase, 1,000 orders"] = summarise(erase_rounds)
+        if erase_rounds:
+            results["erase, 1,000 orders"] = summarise(erase_rounds)
 
         # Bulk upsert of 10,000 contacts: ten calls of 1,000, one after another and with two
         # calls in flight (a client with one connection per core).
         for in_flight in (1, 2):
+            name = "bulk upsert 10,000 (contacts/s)" if in_flight == 1 else "bulk upsert 10,000, 2 calls in flight (contacts/s)"
+            if not want(name):
+                continue
             bulk_rounds = []
             for r in range(args.rounds):
                 session.refresh()
@@ -794,12 +809,11 @@ def bench_backend(backend, args):
                                     "p99_ms": latencies[-1], "errors": 0})
             out = summarise(bulk_rounds)
             out["unit"] = "contacts/s; latency per call of 1,000"
-            name = "bulk upsert 10,000 (contacts/s)" if in_flight == 1 else "bulk upsert 10,000, 2 calls in flight (contacts/s)"
             results[name] = out
             log(f"{backend}: {name}: {out['rps']:.0f}")
 
         # The physical floor: the same SQL straight to the database.
-        if backend == "postgres":
+        if backend == "postgres" and want("floor: pgbench, the endpoint's SQL"):
             session.refresh()
             claims = json.loads(b64url(session.access.split(".")[1]))
             sql = PGBENCH_SQL.format(tenant=demo, sid=claims["sid"])
@@ -855,6 +869,9 @@ def main():
     # scheduler, PostgreSQL's background work): more rounds for the ratios.
     p.add_argument("--pair-rounds", type=int, default=5)
     p.add_argument("--connections", type=int, default=32)
+    # For work on one hot path: only the workloads whose names contain one of these (case
+    # ignored), e.g. --only list --only "GET contact". The data set is seeded in full either way.
+    p.add_argument("--only", action="append", default=[], metavar="TEXT")
     args = p.parse_args()
     os.makedirs(WORK, exist_ok=True)
     for tool in ("wrk", "pgbench", "psql"):
@@ -875,16 +892,23 @@ def main():
     for backend in (["postgres", "sqlite"] if args.db == "both" else [args.db]):
         report["backends"][backend] = bench_backend(backend, args)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    with open(os.path.join(RESULTS, f"{stamp}.json"), "w") as f:
+    # Only a complete run (every workload, both databases, full scale) is a result to keep; a
+    # partial one goes to the ignored work folder and leaves latest.md alone.
+    complete = not args.only and args.scale == "full" and args.db == "both"
+    folder = RESULTS if complete else WORK
+    with open(os.path.join(folder, f"{stamp}.json"), "w") as f:
         json.dump(report, f, indent=1)
     text = (
         f"# Benchmark {report['started']}\n\nMachine: {report['machine']['cpu']}, {report['machine']['cores']} cores; "
         f"load: {report['machine']['load_generator']}.\n" + table(report) + "\n"
     )
-    with open(os.path.join(RESULTS, f"{stamp}.md"), "w") as f:
+    with open(os.path.join(folder, f"{stamp}.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(RESULTS, "latest.md"), "w") as f:
-        f.write(text)
+    if complete:
+        with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+            f.write(text)
+    else:
+        log(f"a partial run: written to {os.path.relpath(folder, ROOT)}/{stamp}.md, latest.md left alone")
     print(text)
 
 

@@ -15,6 +15,7 @@ pub mod problem;
 pub mod routes;
 pub mod startup;
 pub mod state;
+mod timestamp;
 pub mod worker;
 
 pub use startup::{Application, openapi_spec};

@@ -230,6 +230,8 @@ fn options(url: &str, max_connections: u32, name: &'static str) -> ConnectOption
         .test_before_acquire_if_idle_for(PING_AFTER_IDLE)
         .max_connections(max_connections);
     if sqlite {
+        // (sqlx's default, stated: the statistics below depend on it.)
+        opts.max_lifetime(Duration::from_secs(30 * 60));
         opts.map_sqlx_sqlite_opts(|o| {
             o.foreign_keys(true)
                 .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
@@ -237,6 +239,14 @@ fn options(url: &str, max_connections: u32, name: &'static str) -> ConnectOption
                 .busy_timeout(Duration::from_secs(10))
                 // Deleted content is zeroed, not left in free pages (erasure).
                 .pragma("secure_delete", "ON")
+                // The planner's statistics (sqlite_stat1): SQLite's advice for long-lived
+                // connections. A connection loads them when it opens and never again (an
+                // ANALYZE on another connection does not reach it), so each one refreshes
+                // those that went stale as it opens: any table with an index that has none,
+                // or that grew or shrank 25-fold since (a row-count check per table, and a
+                // time-limited ANALYZE of those). Pooled connections are replaced every
+                // 30 minutes (sqlx's `max_lifetime`), the writer's every hour.
+                .pragma("optimize", "0x10002")
         });
     } else {
         opts.map_sqlx_postgres_opts(move |o| {
@@ -259,6 +269,9 @@ fn options(url: &str, max_connections: u32, name: &'static str) -> ConnectOption
 static SQLITE_WRITERS: std::sync::LazyLock<
     std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, SqliteWriter>>,
 > = std::sync::LazyLock::new(Default::default);
+
+/// How long the writer connection of a SQLite file serves before it is replaced.
+const WRITER_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// This process's writers of one SQLite database file.
 struct SqliteWriter {
@@ -283,9 +296,9 @@ impl SqliteWriter {
 }
 
 /// Gives the database file of `db` (a SQLite pool of more than one connection) its writer
-/// connection: a pool of one with the same settings, opened on first use and kept open for the
-/// life of the process (no idle timeout: its page cache is the point). A later pool on the
-/// same file replaces it.
+/// connection: a pool of one with the same settings, opened on first use and kept open (no idle
+/// timeout: its page cache is the point) for an hour at a time, so it takes up the planner's
+/// statistics as they are refreshed (see `options`). A later pool on the same file replaces it.
 fn register_sqlite_writer(db: &DatabaseConnection) {
     use sea_orm::sqlx::sqlite::SqlitePoolOptions;
     let options = db.get_sqlite_connection_pool().connect_options();
@@ -293,7 +306,7 @@ fn register_sqlite_writer(db: &DatabaseConnection) {
         .max_connections(1)
         .min_connections(0)
         .idle_timeout(None)
-        .max_lifetime(None)
+        .max_lifetime(WRITER_LIFETIME)
         // In-process: nothing between the pool and the database can drop the connection.
         .test_before_acquire(false)
         .acquire_timeout(WRITER_WAIT)
@@ -714,6 +727,67 @@ mod tests {
 
     use super::*;
     use crate::entities::contact;
+
+    /// The planner's statistics follow the data: a connection that opens after a table was
+    /// filled finds statistics for its index, and one that opens after the table grew 25-fold
+    /// finds them refreshed.
+    #[tokio::test]
+    async fn a_new_connection_refreshes_stale_statistics() -> Result<(), DbErr> {
+        let path = std::env::temp_dir().join(format!("crm-stat-{}.db", uuid::Uuid::now_v7()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let rows_in_stat = |db: DatabaseConnection| async move {
+            let stat_table = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    DbBackend::Sqlite,
+                    "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'",
+                ))
+                .await?;
+            if stat_table.is_none() {
+                db.close().await?;
+                return Ok(None);
+            }
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    DbBackend::Sqlite,
+                    "SELECT stat FROM sqlite_stat1 WHERE idx = 'ix_t_g'",
+                ))
+                .await?;
+            db.close().await?;
+            let stat: Option<String> = row.map(|r| r.try_get_by_index(0)).transpose()?;
+            // "<rows> <rows per g>"
+            Ok::<_, DbErr>(stat.and_then(|s| s.split(' ').next()?.parse::<u64>().ok()))
+        };
+        let fill = |from: u64, to: u64| {
+            format!(
+                "WITH RECURSIVE n(v) AS (SELECT {from} UNION ALL SELECT v + 1 FROM n WHERE v < {to}) \
+                 INSERT INTO t SELECT v, v % 10 FROM n"
+            )
+        };
+        let db = connect(&url).await?;
+        db.execute_unprepared("CREATE TABLE t (n INTEGER NOT NULL, g INTEGER NOT NULL)")
+            .await?;
+        db.execute_unprepared("CREATE INDEX ix_t_g ON t (g)")
+            .await?;
+        db.execute_unprepared(&fill(1, 2_000)).await?;
+        assert_eq!(rows_in_stat(db).await?, None, "no statistics before");
+
+        let db = connect(&url).await?;
+        assert_eq!(rows_in_stat(db).await?, Some(2_000), "analysed on open");
+
+        let db = connect(&url).await?;
+        db.execute_unprepared(&fill(2_001, 100_000)).await?;
+        db.close().await?;
+        let db = connect(&url).await?;
+        let grown = rows_in_stat(db).await?;
+        assert!(
+            grown.is_some_and(|n| n >= 50_000),
+            "re-analysed on open after growing 50-fold: {grown:?}"
+        );
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        Ok(())
+    }
 
     /// A fixed statement binds its values as sea-orm does: a row sea-orm wrote is found by
     /// its id, compared by its time (text on SQLite, so the format must match) and flag, and

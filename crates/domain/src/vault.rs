@@ -23,7 +23,7 @@
 //! ciphertext ‖ tag).
 
 use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use rand::RngCore;
@@ -108,14 +108,23 @@ fn seal_with(cipher: &Aes256Gcm, aad: &[u8], plain: &[u8], prefix: &[u8]) -> Vec
 }
 
 fn open_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-    if sealed.len() < NONCE + TAG {
-        return None;
-    }
-    let (nonce, body) = sealed.split_at(NONCE);
-    let nonce: [u8; NONCE] = nonce.try_into().ok()?;
+    open_owned(cipher, aad, sealed.to_vec())
+}
+
+/// Opens `nonce ‖ ciphertext ‖ tag` in its own buffer, which becomes the plain value (a list
+/// page opens ~250 values: one allocation each fewer than decrypting into a new buffer).
+fn open_owned(cipher: &Aes256Gcm, aad: &[u8], mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+    let body_len = sealed.len().checked_sub(NONCE + TAG)?;
+    let (nonce, rest) = sealed.split_at_mut(NONCE);
+    let (body, tag) = rest.split_at_mut(body_len);
+    let nonce: [u8; NONCE] = (*nonce).try_into().ok()?;
+    let tag: [u8; TAG] = (*tag).try_into().ok()?;
     cipher
-        .decrypt(&nonce.into(), Payload { msg: body, aad })
-        .ok()
+        .decrypt_inout_detached(&nonce.into(), aad, body.into(), &tag.into())
+        .ok()?;
+    sealed.truncate(NONCE + body_len);
+    sealed.drain(..NONCE);
+    Some(sealed)
 }
 
 fn wrap_aad(tenant: Uuid, contact: Uuid) -> [u8; 47] {
@@ -306,7 +315,7 @@ impl DataKey {
     pub fn open(&self, field: &str, stored: &str) -> DomainResult<String> {
         let body = stored.strip_prefix(SEALED).ok_or_else(|| broken(field))?;
         let raw = B64.decode(body).map_err(|_| broken(field))?;
-        let plain = open_with(&self.cipher, field.as_bytes(), &raw).ok_or_else(|| broken(field))?;
+        let plain = open_owned(&self.cipher, field.as_bytes(), raw).ok_or_else(|| broken(field))?;
         String::from_utf8(plain).map_err(|_| broken(field))
     }
 
@@ -374,6 +383,36 @@ mod tests {
         assert!(again.open("last_name", &sealed).is_err());
         assert!(v.new_data_key(t, b).open("first_name", &sealed).is_err());
         assert!(v.data_key(t, b, ka.wrapped()).is_err());
+        Ok(())
+    }
+
+    /// A sealed value opens whole or not at all: any byte changed (nonce, ciphertext, tag) or
+    /// cut off is refused; the empty value round-trips.
+    #[test]
+    fn tampered_or_cut_values_do_not_open() -> DomainResult<()> {
+        let v = vault(&[(1, 1)]);
+        let key = v.new_data_key(TenantId::from_uuid(Uuid::now_v7()), Uuid::now_v7());
+        assert_eq!(key.open("phone", &key.seal("phone", ""))?, "");
+        let sealed = key.seal("phone", "+44 20 7946 0000");
+        let raw = B64
+            .decode(sealed.strip_prefix(SEALED).unwrap_or_default())
+            .map_err(|_| broken("test"))?;
+        let stored = |raw: &[u8]| format!("{SEALED}{}", B64.encode(raw));
+        assert_eq!(key.open("phone", &stored(&raw))?, "+44 20 7946 0000");
+        for i in 0..raw.len() {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                key.open("phone", &stored(&bad)).is_err(),
+                "byte {i} flipped"
+            );
+        }
+        for len in 0..raw.len() {
+            assert!(
+                key.open("phone", &stored(&raw[..len])).is_err(),
+                "cut to {len}"
+            );
+        }
         Ok(())
     }
 

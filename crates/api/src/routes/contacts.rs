@@ -31,13 +31,16 @@ pub struct ContactOut {
     pub email: Option<String>,
     pub phone: Option<String>,
     pub job_title: Option<String>,
+    #[serde(serialize_with = "crate::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::rfc3339")]
     pub updated_at: DateTime<Utc>,
     /// Current version; also sent as the `ETag`.
     pub version: i32,
     /// Under legal hold: erasure and redaction are refused.
     pub legal_hold: bool,
     /// When the contact was redacted; its identifying values are placeholders since.
+    #[serde(serialize_with = "crate::timestamp::rfc3339_opt")]
     pub redacted_at: Option<DateTime<Utc>>,
 }
 

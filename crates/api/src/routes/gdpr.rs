@@ -386,6 +386,7 @@ pub async fn put_settings(
 pub struct AuditEventOut {
     pub id: Uuid,
     pub seq: i64,
+    #[serde(serialize_with = "crate::timestamp::rfc3339")]
     pub occurred_at: DateTime<Utc>,
     pub actor_id: Option<Uuid>,
     #[schema(example = "user")]

@@ -294,6 +294,7 @@ pub struct ChangeOut {
     /// every earlier event about an erased person).
     #[schema(value_type = Object)]
     pub data: Value,
+    #[serde(serialize_with = "crate::timestamp::rfc3339")]
     pub occurred_at: DateTime<Utc>,
 }
 
