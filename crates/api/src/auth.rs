@@ -167,7 +167,24 @@ struct VerifiedClaims {
 }
 
 /// Verifies signature, `typ`, `alg`, `kid`, `iss`, `aud`, `exp`, `nbf` and the claim shapes.
+///
+/// What the token itself proves (signature and shape) is kept in [`VerifiedTokens`], so a
+/// client's next request with the same token skips the signature check, the largest cost of
+/// authentication in a profile of a list page. The times are checked on every request; the
+/// session check that follows (logout, deactivation) is not cached.
 pub fn verify_access_token(state: &AppState, token: &str) -> Result<TokenSubject, ApiError> {
+    let now = state.clock.now().timestamp();
+    if let Some(known) = state.verified_tokens.get(token) {
+        return known.at(now);
+    }
+    let verified = verify_signed(state, token)?;
+    let subject = verified.at(now)?;
+    state.verified_tokens.insert(token, verified, now);
+    Ok(subject)
+}
+
+/// The signature, header and claim shapes of a token: what does not change with time.
+fn verify_signed(state: &AppState, token: &str) -> Result<Verified, ApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| invalid_token())?;
     let typ_ok = header.typ.as_deref().is_some_and(|t| {
         t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt")
@@ -183,20 +200,15 @@ pub fn verify_access_token(state: &AppState, token: &str) -> Result<TokenSubject
     let data = jsonwebtoken::decode::<VerifiedClaims>(token, key, &state.token_validation)
         .map_err(|_| invalid_token())?;
     let c = data.claims;
-    let now = state.clock.now().timestamp();
-    const LEEWAY: i64 = 5;
-    if c.exp <= now - LEEWAY || c.nbf > now + LEEWAY || c.exp - c.iat > 900 + LEEWAY {
-        return Err(invalid_token());
-    }
     let parse = |s: &str| Uuid::parse_str(s).map_err(|_| invalid_token());
     let tenant = TenantId::from_uuid(parse(&c.tid)?);
-    match (&c.sid, &c.scope) {
-        (Some(sid), None) => Ok(TokenSubject::User(
+    let subject = match (&c.sid, &c.scope) {
+        (Some(sid), None) => TokenSubject::User(
             tenant,
             UserId::from_uuid(parse(&c.sub)?),
             SessionId::from_uuid(parse(sid)?),
-        )),
-        (None, Some(scope)) => Ok(TokenSubject::Client(
+        ),
+        (None, Some(scope)) => TokenSubject::Client(
             tenant,
             parse(&c.sub)?,
             scope
@@ -204,8 +216,99 @@ pub fn verify_access_token(state: &AppState, token: &str) -> Result<TokenSubject
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
-        )),
-        _ => Err(invalid_token()),
+        ),
+        _ => return Err(invalid_token()),
+    };
+    Ok(Verified {
+        subject,
+        exp: c.exp,
+        iat: c.iat,
+        nbf: c.nbf,
+    })
+}
+
+/// A token whose signature and shape were verified, with the times still to check.
+#[derive(Clone)]
+struct Verified {
+    subject: TokenSubject,
+    exp: i64,
+    iat: i64,
+    nbf: i64,
+}
+
+impl Verified {
+    /// Whom the token speaks for at `now` (Unix seconds), if it is valid then.
+    fn at(&self, now: i64) -> Result<TokenSubject, ApiError> {
+        const LEEWAY: i64 = 5;
+        if self.exp <= now - LEEWAY
+            || self.nbf > now + LEEWAY
+            || self.exp - self.iat > ACCESS_TOKEN_MAX_SECS + LEEWAY
+        {
+            return Err(invalid_token());
+        }
+        Ok(self.subject.clone())
+    }
+}
+
+/// The longest lifetime an access token may claim.
+const ACCESS_TOKEN_MAX_SECS: i64 = 900;
+
+/// Access tokens this process has verified, by their full text: a cache of a pure function
+/// of the token and the signing keys, which are fixed for the process's life (a removed key
+/// takes effect on restart). Bounded: when full, entries past their expiry go first, and if
+/// none has expired the cache starts over (the tokens are verified again on their next use).
+/// Only tokens that verified are kept, so made-up tokens cannot fill it.
+pub struct VerifiedTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<Box<str>, Verified>>,
+    capacity: usize,
+}
+
+impl Default for VerifiedTokens {
+    fn default() -> Self {
+        // ~4,000 live tokens at under 1 KiB each: a few MB at most.
+        Self::with_capacity(4096)
+    }
+}
+
+impl VerifiedTokens {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            entries: Default::default(),
+            capacity,
+        }
+    }
+
+    fn get(&self, token: &str) -> Option<Verified> {
+        self.entries.lock().ok()?.get(token).cloned()
+    }
+
+    fn insert(&self, token: &str, verified: Verified, now: i64) {
+        // A poisoned lock only means a panic elsewhere while holding it: the map itself is
+        // whole (every change below is a single call), but start over to be plain about it.
+        let mut entries = match self.entries.lock() {
+            Ok(e) => e,
+            Err(poisoned) => {
+                let mut e = poisoned.into_inner();
+                e.clear();
+                e
+            }
+        };
+        if entries.len() >= self.capacity {
+            entries.retain(|_, v| v.exp > now);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(token.into(), verified);
+    }
+
+    /// How many tokens are kept.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -407,4 +510,57 @@ pub fn client_addr(req: &HttpRequest, trust_forwarded_for: bool) -> String {
     req.peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verified(exp: i64) -> Verified {
+        Verified {
+            subject: TokenSubject::Client(
+                TenantId::from_uuid(Uuid::nil()),
+                Uuid::nil(),
+                vec!["contacts:read".into()],
+            ),
+            exp,
+            iat: exp - 600,
+            nbf: exp - 600,
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_valid_only_within_its_times() {
+        let v = verified(10_000);
+        assert!(v.at(9_800).is_ok());
+        assert!(v.at(9_395).is_ok(), "valid from nbf, within the leeway");
+        assert!(v.at(10_004).is_ok(), "within the leeway");
+        assert!(v.at(10_005).is_err(), "expired");
+        assert!(v.at(9_394).is_err(), "not yet valid");
+        let mut long = verified(10_000);
+        long.iat = 10_000 - ACCESS_TOKEN_MAX_SECS - 6;
+        assert!(long.at(9_900).is_err(), "claims a longer life than allowed");
+    }
+
+    #[test]
+    fn the_cache_answers_only_for_the_exact_token_and_stays_bounded() {
+        let cache = VerifiedTokens::with_capacity(2);
+        cache.insert("a.b.c", verified(1_000), 500);
+        assert!(cache.get("a.b.c").is_some());
+        assert!(cache.get("a.b.C").is_none());
+        assert!(cache.get("a.b.c ").is_none());
+        assert!(cache.get("a.b").is_none());
+        // Full: an expired entry makes room, the live one stays.
+        cache.insert("old", verified(400), 300);
+        assert_eq!(cache.len(), 2);
+        cache.insert("new", verified(2_000), 500);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("old").is_none());
+        assert!(cache.get("a.b.c").is_some() && cache.get("new").is_some());
+        // Full of live entries: it starts over rather than grow.
+        cache.insert("third", verified(2_000), 500);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get("third").is_some());
+        assert!(cache.get("a.b.c").is_none());
+    }
 }

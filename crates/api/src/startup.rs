@@ -701,6 +701,7 @@ impl Application {
             oidc_http,
             rate_limiter: Default::default(),
             token_validation,
+            verified_tokens: Default::default(),
         });
         // Background jobs live as long as the server.
         let mut background = Vec::new();

@@ -31,4 +31,6 @@ pub struct AppState {
     pub rate_limiter: Arc<crate::limits::RateLimiter>,
     /// How access tokens are validated (issuer, audience), built once.
     pub token_validation: jsonwebtoken::Validation,
+    /// Access tokens whose signature this process has verified (shared by the workers).
+    pub verified_tokens: Arc<crate::auth::VerifiedTokens>,
 }

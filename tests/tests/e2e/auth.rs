@@ -254,6 +254,12 @@ both!(refresh_rotates_and_reuse_revokes_the_family, |app| {
 
 both!(logout_ends_the_session_at_once, |app| {
     let s = app.new_tenant().await;
+    // Used once before logout, so the server has verified (and kept) the token's signature:
+    // the session check still runs on the next request.
+    assert_eq!(
+        app.get("/v1/contacts", &s.access).await.status(),
+        StatusCode::OK
+    );
     let resp = app
         .request(
             reqwest::Method::POST,
@@ -278,6 +284,24 @@ both!(logout_ends_the_session_at_once, |app| {
         )
         .await;
     assert_problem(resp, 401, "session_ended").await;
+});
+
+both!(a_token_verified_before_is_refused_once_it_expires, |app| {
+    let s = app.new_tenant().await;
+    assert_eq!(app.get("/v1/me", &s.access).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/v1/me", &s.access).await.status(),
+        StatusCode::OK,
+        "the kept verification answers"
+    );
+    // Access tokens live at most 15 minutes; the session itself lives on.
+    app.clock.advance(chrono::Duration::minutes(16));
+    assert_problem(app.get("/v1/me", &s.access).await, 401, "invalid_token").await;
+    let fresh = app.session(&s.tenant, &s.email, PASSWORD).await;
+    assert_eq!(
+        app.get("/v1/me", &fresh.access).await.status(),
+        StatusCode::OK
+    );
 });
 
 both!(login_failures_look_alike_and_are_throttled, |app| {
