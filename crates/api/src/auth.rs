@@ -6,8 +6,10 @@
 //! Authorisation lives in the extractor types: a handler that takes `CrmWriter` cannot run
 //! for a viewer.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -259,7 +261,7 @@ const ACCESS_TOKEN_MAX_SECS: i64 = 900;
 /// none has expired the cache starts over (the tokens are verified again on their next use).
 /// Only tokens that verified are kept, so made-up tokens cannot fill it.
 pub struct VerifiedTokens {
-    entries: std::sync::Mutex<std::collections::HashMap<Box<str>, Verified>>,
+    entries: Mutex<HashMap<Box<str>, Verified>>,
     capacity: usize,
 }
 
@@ -278,21 +280,18 @@ impl VerifiedTokens {
         }
     }
 
+    /// The map. A lock poisoned by a panic elsewhere still guards a whole map: every change
+    /// here is one call on it.
+    fn entries(&self) -> MutexGuard<'_, HashMap<Box<str>, Verified>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn get(&self, token: &str) -> Option<Verified> {
-        self.entries.lock().ok()?.get(token).cloned()
+        self.entries().get(token).cloned()
     }
 
     fn insert(&self, token: &str, verified: Verified, now: i64) {
-        // A poisoned lock only means a panic elsewhere while holding it: the map itself is
-        // whole (every change below is a single call), but start over to be plain about it.
-        let mut entries = match self.entries.lock() {
-            Ok(e) => e,
-            Err(poisoned) => {
-                let mut e = poisoned.into_inner();
-                e.clear();
-                e
-            }
-        };
+        let mut entries = self.entries();
         if entries.len() >= self.capacity {
             entries.retain(|_, v| v.exp > now);
             if entries.len() >= self.capacity {
@@ -304,7 +303,7 @@ impl VerifiedTokens {
 
     /// How many tokens are kept.
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries().len()
     }
 
     pub fn is_empty(&self) -> bool {
