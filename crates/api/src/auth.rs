@@ -273,7 +273,7 @@ impl Default for VerifiedTokens {
 }
 
 impl VerifiedTokens {
-    pub fn with_capacity(capacity: usize) -> Self {
+    fn with_capacity(capacity: usize) -> Self {
         Self {
             entries: Default::default(),
             capacity,
@@ -302,12 +302,9 @@ impl VerifiedTokens {
     }
 
     /// How many tokens are kept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
