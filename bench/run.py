@@ -561,8 +561,8 @@ def b64url(s):
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
-def pgbench(sql, demo_contacts, args, tenant, session_id, user_id):
-    script = os.path.join(WORK, "pgbench-get.sql")
+def pgbench(sql, demo_contacts, args, tenant, session_id, user_id, name="get"):
+    script = os.path.join(WORK, f"pgbench-{name}.sql")
     with open(script, "w") as f:
         f.write(f"\\set k random(0, {demo_contacts - 1})\n\\set n 1 + 100 * :k\n" + sql)
     out = subprocess.run(
@@ -573,6 +573,14 @@ def pgbench(sql, demo_contacts, args, tenant, session_id, user_id):
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
     lat = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
     return {"rps": tps, "p50_ms": lat, "p99_ms": None, "errors": 0}
+
+
+# A list page's two statements (the session check, then the page of 50 with its filter, one
+# more row to know whether a next page exists), as the API runs them.
+PGBENCH_LIST_SQL = """{session};
+SELECT id, tenant_id, company_id, first_name, last_name, email, phone, job_title, created_at, updated_at, version, legal_hold, redacted_at, data_key, email_index FROM contacts WHERE tenant_id = '{tenant}' AND updated_at >= '2025-11-01T00:00:00Z' ORDER BY id ASC LIMIT 51;
+"""
+LIST_FLOOR = "floor: pgbench, the list page's SQL"
 
 
 # The writes of one bulk call of 1,000 new contacts, straight to PostgreSQL through psql: the
@@ -801,6 +809,16 @@ def bench_backend(backend, args):
                 HEADERS="{}", BODY="nil",
             )
             side_by_side("list 50 with a filter", listing)
+            if backend == "postgres" and want("list 50 with a filter"):
+                session.refresh()
+                claims = json.loads(b64url(session.access.split(".")[1]))
+                session_sql = PGBENCH_SQL.format(tenant=demo, sid=claims["sid"]).split(";\n")[0]
+                sql = PGBENCH_LIST_SQL.format(session=session_sql, tenant=demo)
+                results[LIST_FLOOR] = summarise(
+                    [pgbench(sql, demo_contacts, args, demo, claims["sid"], claims["sub"], "list")
+                     for _ in range(args.rounds)]
+                )
+                log(f"{backend}: {LIST_FLOOR}: {results[LIST_FLOOR]['rps']:.0f}")
             side_by_side("create contact", lua_script("create"))
         finally:
             base.stop()
@@ -950,12 +968,15 @@ def table(report):
                 # after the other.
                 pairs = [m["rps"] / b["rps"] for m, b in zip(r["rounds"], base["rounds"])]
                 ratio_b = f"{r['rps'] / base['rps']:.2f} ({min(pairs):.2f}–{max(pairs):.2f})"
-            # pgbench runs the GET-by-id SQL (a ratio for that workload), psql each bulk call's
-            # writes in rounds alternating with the API's (a ratio and its rounds' range).
+            # pgbench runs the SQL of GET by id and of the list page (a ratio for each), psql
+            # each bulk call's writes in rounds alternating with the API's (a ratio and its
+            # rounds' range).
             bulk = res.get(BULK_FLOOR + name)
             if bulk:
                 pairs = [m["rps"] / b["rps"] for m, b in zip(r["rounds"], bulk["rounds"])]
                 ratio_f = f"{r['rps'] / bulk['rps']:.2f} ({min(pairs):.2f}–{max(pairs):.2f})"
+            elif name == "list 50 with a filter" and LIST_FLOOR in res:
+                ratio_f = f"{r['rps'] / res[LIST_FLOOR]['rps']:.2f}"
             else:
                 ratio_f = f"{r['rps'] / floor:.2f}" if floor and name.startswith("GET") else ""
             rss = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else ""
