@@ -482,6 +482,26 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<crm_domain::db
     Ok(db)
 }
 
+/// Keeps the write-ahead log of a SQLite database near [`crm_domain::db::WAL_LIMIT`] under
+/// sustained load (see [`crm_domain::db::bound_wal`]).
+fn spawn_wal_bound(db: crm_domain::db::Db) -> tokio::task::JoinHandle<()> {
+    use crm_domain::db::{WAL_CHECK_EVERY, WAL_LIMIT, WalBound, bound_wal};
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(WAL_CHECK_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match bound_wal(&db, WAL_LIMIT).await {
+                Ok(WalBound::Within | WalBound::Emptied) => {}
+                Ok(WalBound::InUse) => {
+                    log::debug!("the write-ahead log is still in use; emptied at a later check")
+                }
+                Err(e) => log::warn!("bounding the write-ahead log failed: {e}"),
+            }
+        }
+    })
+}
+
 /// Applies every tenant's retention policies periodically, and prunes expired sign-in data.
 /// Every node ticks; the one that claims the run (`job_runs`) does the work, so with several
 /// nodes it runs once per interval.
@@ -711,6 +731,9 @@ impl Application {
         if state.settings.rate_limit_per_minute > 0 || state.settings.auth_rate_limit_per_minute > 0
         {
             background.push(crate::limits::spawn_sync(state.clone()));
+        }
+        if sea_orm::ConnectionTrait::get_database_backend(&state.db) == sea_orm::DbBackend::Sqlite {
+            background.push(spawn_wal_bound(state.db.clone()));
         }
         if state.settings.worker_interval_ms > 0 {
             let worker = crate::worker::Worker {

@@ -7,8 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -735,16 +734,7 @@ pub async fn set_legal_hold(
 /// removes the old page images. (PostgreSQL keeps dead tuples until VACUUM and in its WAL;
 /// run it on encrypted storage.)
 async fn compact(db: &DatabaseConnection) {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return;
-    }
-    // A truncating checkpoint waits for writers like a write does.
-    let checkpoint = async {
-        let _turn = db::write_turn(db).await?;
-        db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
-            .await
-    };
-    if let Err(e) = checkpoint.await {
+    if let Err(e) = db::truncate_wal(db).await {
         log::warn!("checkpoint after erasure failed: {e}");
     }
 }
