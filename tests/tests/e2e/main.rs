@@ -17,6 +17,7 @@ mod limits;
 mod logs;
 mod matrix;
 mod nodes;
+mod pool;
 mod privacy;
 mod quickstart;
 mod schema;
