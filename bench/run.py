@@ -775,20 +775,26 @@ def bench_backend(backend, args):
         def side_by_side(name, script, shared=None):
             """Rounds alternate between the API and the minimal server (and the shared-pool
             one, when given), so all see the same machine: the ratio holds when the machine
-            is noisy."""
+            is noisy. Each server first gets a warm-up round that is not counted, and the
+            order alternates (API first in even pairs, last in odd ones), so neither side
+            always runs right after start-up or right after the other's load."""
             if not want(name):
                 return
-            mine, theirs, shared_rounds = [], [], []
+            servers = [(API_PORT, []), (BASE_PORT, [])]
+            if shared:
+                servers.append((shared.port, []))
+            warm_up = argparse.Namespace(**{**vars(args), "duration": max(1, args.duration // 2)})
+            for port, _ in servers:
+                session.refresh()
+                wrk(port, script, session.access, warm_up)
             with RssSampler(api.proc.pid) as rss, RssSampler(base.proc.pid) as base_rss, \
                     RssSampler(shared.proc.pid if shared else base.proc.pid) as shared_rss:
-                for _ in range(args.pair_rounds):
-                    session.refresh()
-                    mine.append(wrk(API_PORT, script, session.access, args))
-                    session.refresh()
-                    theirs.append(wrk(BASE_PORT, script, session.access, args))
-                    if shared:
+                for pair in range(args.pair_rounds):
+                    for port, rounds in servers if pair % 2 == 0 else servers[::-1]:
                         session.refresh()
-                        shared_rounds.append(wrk(shared.port, script, session.access, args))
+                        rounds.append(wrk(port, script, session.access, args))
+            mine, theirs = servers[0][1], servers[1][1]
+            shared_rounds = servers[2][1] if shared else []
             series = [(name, mine, rss.peak), (BASELINE + name, theirs, base_rss.peak)]
             if shared:
                 series.append((SHARED + name, shared_rounds, shared_rss.peak))
@@ -1012,7 +1018,7 @@ def main():
         "machine": {
             "cpu": model.group(1) if model else "unknown",
             "cores": os.cpu_count(),
-            "load_generator": "wrk -t2 -c%d, %d s × %d rounds (%d alternating with the minimal server), same machine"
+            "load_generator": "wrk -t2 -c%d, %d s × %d rounds (%d alternating with the minimal server, order swapped each pair, after a warm-up round each), same machine"
             % (args.connections, args.duration, args.rounds, args.pair_rounds),
         },
         "backends": {},
