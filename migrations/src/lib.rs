@@ -19,6 +19,7 @@ mod m20261201_000010_request_limits;
 mod m20261201_000011_sealed_personal_data;
 mod m20261201_000012_log_tables_without_tenant_checks;
 mod m20261205_000013_audit_indexes_in_chain_order;
+mod m20261206_000014_contacts_in_the_clear_indexed;
 
 pub struct Migrator;
 
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000011_sealed_personal_data::Migration),
             Box::new(m20261201_000012_log_tables_without_tenant_checks::Migration),
             Box::new(m20261205_000013_audit_indexes_in_chain_order::Migration),
+            Box::new(m20261206_000014_contacts_in_the_clear_indexed::Migration),
         ]
     }
 }

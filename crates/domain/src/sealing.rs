@@ -73,15 +73,11 @@ pub async fn seal_older_rows(db: &DatabaseConnection, vault: &Vault) -> DomainRe
     Ok(done)
 }
 
-/// One batch of contacts in the clear after `after` (in id order, so each batch starts where
-/// the last one ended); answers how many and the last id (`None` when there are no more).
-async fn seal_contacts(
-    db: &DatabaseConnection,
-    vault: &Vault,
-    after: Option<Uuid>,
-) -> DomainResult<(u64, Option<Uuid>)> {
-    let txn = crate::db::begin_write(db).await?;
-    // Locked, so a write in between cannot be overwritten with what was read.
+/// The read of a batch of contacts in the clear (no data key) after `after`, in id order,
+/// locked so a write in between cannot be overwritten with what was read. The partial index
+/// `ix_contacts_in_clear` (migration 000014) holds exactly these rows: a start reads them, not
+/// the table (public for the plan check in the end-to-end tests).
+pub fn contacts_in_clear(after: Option<Uuid>) -> sea_orm::Select<contact::Entity> {
     let mut q = contact::Entity::find()
         .filter(contact::Column::DataKey.is_null())
         .order_by_asc(contact::Column::Id)
@@ -90,7 +86,18 @@ async fn seal_contacts(
     if let Some(after) = after {
         q = q.filter(contact::Column::Id.gt(after));
     }
-    let rows = q.all(&txn).await?;
+    q
+}
+
+/// One batch of contacts in the clear after `after` (in id order, so each batch starts where
+/// the last one ended); answers how many and the last id (`None` when there are no more).
+async fn seal_contacts(
+    db: &DatabaseConnection,
+    vault: &Vault,
+    after: Option<Uuid>,
+) -> DomainResult<(u64, Option<Uuid>)> {
+    let txn = crate::db::begin_write(db).await?;
+    let rows = contacts_in_clear(after).all(&txn).await?;
     let n = rows.len() as u64;
     // Stops only at an empty batch: rows another node sealed meanwhile drop out of a batch
     // (PostgreSQL re-checks them after the lock wait), so a short batch is not the end.
