@@ -1104,9 +1104,10 @@ def main():
     global PG_ADMIN
     backends = ["postgres", "sqlite"] if args.db == "both" else [args.db]
     server = None
+    if args.pg_url:
+        PG_ADMIN = args.pg_url
     if "postgres" in backends:
         if args.pg_url:
-            PG_ADMIN = args.pg_url
             report["machine"]["postgres"] = f"the server at {args.pg_url}, as configured"
         else:
             server = BenchPostgres()
