@@ -84,14 +84,13 @@ class BenchPostgres:
     alone. As root, the cluster belongs to the postgres user (initdb refuses root)."""
 
     def __init__(self):
-        bindir = None
-        for found in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])):
-            bindir = os.path.dirname(found)
-        if bindir is None and shutil.which("initdb"):
-            bindir = os.path.dirname(shutil.which("initdb"))
-        if bindir is None:
+        # Debian's newest server, else one on the PATH.
+        initdb = max(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]),
+                     default=shutil.which("initdb"))
+        if initdb is None:
             raise SystemExit("initdb is missing: install PostgreSQL's server package, or pass --pg-url")
-        self.bindir = bindir
+        self.bindir = os.path.dirname(initdb)
+        self.settings = pg_settings()
         self.data = os.path.join(WORK, "pgdata")
         self.as_user = []
         if os.geteuid() == 0:
@@ -102,23 +101,21 @@ class BenchPostgres:
             if self.as_user:
                 shutil.chown(self.data, "postgres", "postgres")
             log(f"a PostgreSQL cluster for the benchmark in {self.data}")
-            run(self.as_user + [os.path.join(bindir, "initdb"), "-D", self.data, "-U", "postgres",
+            run(self.as_user + [initdb, "-D", self.data, "-U", "postgres",
                                 "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], stdout=subprocess.DEVNULL)
         # A server left running by an interrupted run is stopped first: it is started anew
         # with the settings below.
-        status = subprocess.run(self.as_user + [os.path.join(bindir, "pg_ctl"), "-D", self.data, "status"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if status.returncode == 0:
+        if self.pg_ctl(["status"], check=False).returncode == 0:
             self.stop()
         options = f"-p {PG_PORT} -k {self.data} -c listen_addresses=127.0.0.1 " + " ".join(
-            f"-c {k}={v}" for k, v in pg_settings().items()
+            f"-c {k}={v}" for k, v in self.settings.items()
         )
         log(f"PostgreSQL for the benchmark on 127.0.0.1:{PG_PORT}: {options}")
         self.pg_ctl(["-o", options, "-l", os.path.join(self.data, "server.log"), "-w", "start"])
 
-    def pg_ctl(self, args):
-        run(self.as_user + [os.path.join(self.bindir, "pg_ctl"), "-D", self.data] + args,
-            stdout=subprocess.DEVNULL)
+    def pg_ctl(self, args, check=True):
+        return subprocess.run(self.as_user + [os.path.join(self.bindir, "pg_ctl"), "-D", self.data] + args,
+                              check=check, stdout=subprocess.DEVNULL, stderr=None if check else subprocess.DEVNULL)
 
     def stop(self):
         self.pg_ctl(["-m", "fast", "-w", "stop"])
@@ -1114,7 +1111,7 @@ def main():
             PG_ADMIN = f"postgres://postgres@127.0.0.1:{PG_PORT}/postgres"
             version = psql("SHOW server_version", db="postgres", capture=True).split()[0]
             report["machine"]["postgres"] = f"PostgreSQL {version}, the run's own, " + ", ".join(
-                f"{k} {v}" for k, v in pg_settings().items()
+                f"{k} {v}" for k, v in server.settings.items()
             )
     try:
         for backend in backends:
